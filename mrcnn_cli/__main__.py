@@ -1,0 +1,3 @@
+from mrcnn_cli.cli import main
+
+main()
