@@ -1,0 +1,1 @@
+"""Thin CLI commands: parse options, build a config, call one library function."""

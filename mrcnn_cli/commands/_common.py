@@ -1,0 +1,80 @@
+"""What every command shares: the one-line error handler and the model options."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from mrcnn_cli.errors import MrcnnError
+
+T = TypeVar("T")
+err_console = Console(stderr=True)
+
+
+def run_or_exit(fn: Callable[[], T], debug: bool = False) -> T:
+    """Call `fn`; turn a user-facing error into one red line and its exit code.
+
+    `--debug` re-raises so the traceback is there when someone needs it.
+    """
+    try:
+        return fn()
+    except MrcnnError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]; rerun the same command to resume")
+        raise typer.Exit(130) from None
+
+
+def parse_classes(value: str | None) -> list[str] | None:
+    """`--classes person,car,3` -> ['person', 'car', '3'] (names or ids, resolved later)."""
+    if not value:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+# Options shared by segment, video and eval.
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name (maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2, demo) "
+        "or a checkpoint path written by `mrcnn train`.",
+    ),
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option("--weights", "-w", help="Checkpoint file for a torchvision model."),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto picks CUDA if present).")
+]
+HalfOpt = Annotated[bool, typer.Option("--half", help="fp16 inference (CUDA only).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward.")]
+MaxDetOpt = Annotated[
+    int, typer.Option("--max-det", min=1, help="At most this many detections per image.")
+]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option("--classes", help="Keep only these classes: comma-separated names or ids."),
+]
+MaskThrOpt = Annotated[
+    float, typer.Option("--mask-thr", min=0.0, max=1.0, help="Mask probability threshold.")
+]
+RoiOpOpt = Annotated[
+    str, typer.Option("--roi-op", help="align (RoIAlign, default) or pool (quantised RoIPool).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one line.")]
