@@ -1,0 +1,1 @@
+"""Training: synthetic data, dataset loading and the training loop."""
