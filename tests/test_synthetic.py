@@ -123,8 +123,8 @@ def test_earlier_object_mask_excludes_pixels_of_later_object() -> None:
 
 
 def test_mostly_hidden_object_is_dropped_and_not_drawn() -> None:
-    hidden = _square_mask(20, 20, 30, 30)  # 100 px, fully covered by the next object
-    cover = _square_mask(10, 10, 50, 50)
+    hidden = _square_mask(20, 20, 30, 30)  # 100 px, of which rows 28-29 (20 px) stay visible
+    cover = _square_mask(10, 10, 50, 28)
     layout = SceneLayout(
         background=_solid((0, 0, 0)),
         objects=(

@@ -206,7 +206,9 @@ def visible_masks(
     Walks from the top object down, so an object that is dropped occludes nothing: it is
     not drawn at all, and the objects under it keep those pixels.
     """
-    covered = np.zeros(full_masks[0].shape, bool) if full_masks else None
+    if not full_masks:
+        return []
+    covered = np.zeros(full_masks[0].shape, bool)
     visible: list[np.ndarray | None] = [None] * len(full_masks)
     for i in reversed(range(len(full_masks))):
         full = full_masks[i]
