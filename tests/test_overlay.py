@@ -1,0 +1,120 @@
+"""Overlay drawing: same size, tinted masks, class colours, labels inside the image."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+import pytest
+
+from mrcnn_cli.detections import Detections
+from mrcnn_cli.writers.overlay import (
+    OverlayStyle,
+    annotate,
+    class_color,
+    overlay_path,
+    write_overlay,
+)
+
+CLASS_NAMES = ("__background__", "person", "car")
+CATEGORY_IDS = (0, 1, 3)
+MASKS_ONLY = OverlayStyle(show_boxes=False, show_labels=False)
+LABELS_ONLY = OverlayStyle(show_boxes=False, show_masks=False)
+
+
+def one_det(h: int, w: int, box: tuple[int, int, int, int], label: int = 1) -> Detections:
+    x1, y1, x2, y2 = box
+    mask = np.zeros((1, h, w), bool)
+    mask[0, y1:y2, x1:x2] = True
+    return Detections([box], [0.93], [label], mask, CLASS_NAMES, CATEGORY_IDS)
+
+
+def gray(h: int, w: int, value: int = 100) -> np.ndarray:
+    return np.full((h, w, 3), value, np.uint8)
+
+
+def test_annotate_returns_a_new_image_of_the_same_size() -> None:
+    image = gray(60, 80)
+    out = annotate(image, one_det(60, 80, (10, 20, 40, 50)))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert (image == 100).all(), "input must not be drawn on"
+    assert not np.array_equal(out, image)
+
+
+def test_mask_pixels_are_blended_with_the_class_colour() -> None:
+    out = annotate(gray(60, 80), one_det(60, 80, (10, 20, 40, 50)), MASKS_ONLY)
+    expected = np.round(0.5 * 100 + 0.5 * np.array(class_color(1)))
+    np.testing.assert_allclose(out[35, 25], expected, atol=1)
+
+
+def test_pixels_away_from_every_instance_are_unchanged() -> None:
+    out = annotate(gray(60, 80), one_det(60, 80, (10, 20, 40, 50)))
+    assert (out[:, 60:] == 100).all()
+
+
+def test_a_class_gets_the_same_colour_in_every_image() -> None:
+    a = annotate(gray(60, 80), one_det(60, 80, (10, 20, 40, 50), label=2), MASKS_ONLY)
+    b = annotate(gray(90, 50), one_det(90, 50, (0, 0, 30, 30), label=2), MASKS_ONLY)
+    np.testing.assert_array_equal(a[35, 25], b[15, 15])
+
+
+def test_different_classes_get_different_colours() -> None:
+    assert class_color(1) != class_color(2)
+
+
+def test_nothing_is_drawn_when_everything_is_switched_off() -> None:
+    style = OverlayStyle(show_boxes=False, show_labels=False, show_masks=False)
+    image = gray(60, 80)
+    np.testing.assert_array_equal(annotate(image, one_det(60, 80, (10, 20, 40, 50)), style), image)
+
+
+def test_box_outline_is_drawn_in_the_class_colour() -> None:
+    style = OverlayStyle(show_labels=False, show_masks=False, line_width=1)
+    out = annotate(gray(60, 80), one_det(60, 80, (10, 20, 40, 50)), style)
+    assert tuple(out[20, 25]) == class_color(1)
+    assert tuple(out[35, 25]) == (100, 100, 100)
+
+
+def test_label_of_a_box_at_the_top_edge_is_drawn_inside_the_image() -> None:
+    out = annotate(gray(100, 200), one_det(100, 200, (0, 0, 50, 50)), LABELS_ONLY)
+    assert tuple(out[0, 0]) == class_color(1)
+
+
+def test_label_of_a_box_at_the_right_edge_is_shifted_into_the_image() -> None:
+    out = annotate(gray(100, 200), one_det(100, 200, (190, 60, 199, 90)), LABELS_ONLY)
+    assert tuple(out[58, 199]) == class_color(1)
+
+
+def test_empty_detections_leave_the_image_as_is() -> None:
+    image = gray(30, 40)
+    dets = Detections.empty(30, 40, CLASS_NAMES, CATEGORY_IDS)
+    np.testing.assert_array_equal(annotate(image, dets), image)
+
+
+def test_masks_of_another_size_are_refused() -> None:
+    with pytest.raises(ValueError, match="masks are"):
+        annotate(gray(30, 40), one_det(60, 80, (10, 20, 40, 50)))
+
+
+def test_non_rgb_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="RGB"):
+        annotate(np.zeros((30, 40), np.uint8), Detections.empty(30, 40, CLASS_NAMES, CATEGORY_IDS))
+
+
+def test_overlay_path_mirrors_the_input_tree_with_a_jpg_suffix(tmp_path: Path) -> None:
+    path = overlay_path(tmp_path, PurePosixPath("sub/dir/img.png"))
+    assert path == tmp_path / "overlays" / "sub" / "dir" / "img.jpg"
+
+
+def test_write_overlay_writes_an_rgb_correct_jpeg(tmp_path: Path) -> None:
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[..., 0] = 255  # pure red in RGB
+    path = tmp_path / "overlays" / "red.jpg"
+    dets = Detections.empty(40, 60, CLASS_NAMES, CATEGORY_IDS)
+    write_overlay(path, image, dets)
+    bgr = cv2.imread(str(path))
+    assert bgr.shape == (40, 60, 3)
+    b, g, r = bgr[20, 30]
+    assert r > 240 and g < 15 and b < 15
+    assert [p.name for p in path.parent.iterdir()] == ["red.jpg"], "no temp file left behind"
