@@ -1,9 +1,99 @@
-"""`mrcnn train` (being built)."""
+"""`mrcnn train` and `mrcnn synth`: train Mask R-CNN on a COCO-format dataset."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mrcnn_cli.commands._common import DebugOpt, QuietOpt, RoiOpOpt, err_console, run_or_exit
+from mrcnn_cli.models.architectures import ARCHITECTURES
+
+
+def train_command(
+    images: Annotated[Path, typer.Option("--images", help="Folder of training images.")],
+    ann: Annotated[Path, typer.Option("--ann", help="COCO instances JSON for --images.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, metrics).")],
+    val_images: Annotated[Path | None, typer.Option("--val-images")] = None,
+    val_ann: Annotated[Path | None, typer.Option("--val-ann")] = None,
+    arch: Annotated[str, typer.Option("--arch", help=f"One of: {', '.join(ARCHITECTURES)}.")] = (
+        "maskrcnn_resnet18_fpn_lite"
+    ),
+    init: Annotated[
+        str, typer.Option("--init", help="scratch | coco (torchvision weights) | checkpoint path.")
+    ] = "scratch",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps in all.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 4,
+    lr: Annotated[float, typer.Option("--lr", help="Peak SGD learning rate.")] = 0.02,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Warm-up steps.")] = 200,
+    eval_every: Annotated[int, typer.Option("--eval-every", min=1)] = 500,
+    max_val_images: Annotated[int | None, typer.Option("--max-val-images", min=1)] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    roi_op: RoiOpOpt = "align",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads.")] = None,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train (or fine-tune) Mask R-CNN; keeps last.pt, best.pt (by val segm AP), final.pt."""
+    from mrcnn_cli.train.loop import TrainConfig, train
+
+    if (val_images is None) != (val_ann is None):
+        err_console.print("[bold red]error:[/] --val-images and --val-ann go together")
+        raise typer.Exit(2)
+    cfg = TrainConfig(
+        images=images, ann=ann, out=out, val_images=val_images, val_ann=val_ann, arch=arch,
+        init=init, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+        eval_every=eval_every, max_val_images=max_val_images, seed=seed, roi_op=roi_op,
+        threads=threads, device=device, resume=resume,
+    )
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.2f} steps/s"), TextColumn("{task.fields[losses]}"),
+        TimeRemainingColumn(), console=console, disable=quiet or not console.is_terminal,
+    ) as progress:
+        task = progress.add_task("train", total=steps, rate=0.0, losses="")
+
+        def on_step(step: int, losses: dict[str, float]) -> None:
+            text = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in losses.items())
+            elapsed = progress.tasks[0].elapsed or 1e-9
+            progress.update(task, completed=step, losses=text,
+                            rate=(step - progress.tasks[0].fields.get("start", 0)) / elapsed)
+
+        def on_eval(step: int, metrics: dict[str, float]) -> None:
+            if not quiet:
+                console.print(
+                    f"step {step}: bbox AP {metrics['bbox_AP']:.3f}  segm AP "
+                    f"{metrics['segm_AP']:.3f} (AP50 {metrics['segm_AP50']:.3f}, "
+                    f"AP75 {metrics['segm_AP75']:.3f})"
+                )
+
+        state = run_or_exit(lambda: train(cfg, on_step, on_eval), debug)
+    if not quiet:
+        console.print(f"done: {state.step} steps; best val segm AP {state.best_segm_ap:.3f}; "
+                      f"checkpoints in {out}")
+
+
+def synth_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Root folder for train/ and val/.")],
+    train_images: Annotated[int, typer.Option("--train", min=0)] = 1000,
+    val_images: Annotated[int, typer.Option("--val", min=0)] = 200,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    size: Annotated[int, typer.Option("--size", min=16, help="Image side in pixels.")] = 128,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a seeded synthetic shapes dataset (COCO format, exact masks)."""
+    from mrcnn_cli.train.synthetic import write_splits
+
+    run_or_exit(lambda: write_splits(out, train_images, val_images, seed=seed, size=size), debug)
+    err_console.print(f"wrote {train_images} train and {val_images} val images under {out}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add the command to the app (filled in by the train work)."""
+    app.command("train")(train_command)
+    app.command("synth")(synth_command)

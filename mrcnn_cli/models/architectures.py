@@ -127,7 +127,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "rpn_pre_nms_top_n_test": 300,
             "rpn_post_nms_top_n_test": 300,
             "rpn_batch_size_per_image": 128,
-            "box_batch_size_per_image": 128,
+            "box_batch_size_per_image": 64,
         },
     ),
 }

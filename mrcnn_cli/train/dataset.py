@@ -1,0 +1,141 @@
+"""A COCO-format instance dataset as training samples (image tensor + target dict).
+
+Checked up front, so a bad dataset fails in one clear message before any training:
+missing image files, annotations pointing at unknown images, no annotations at all.
+Crowd regions and degenerate polygons are left out of the targets, as COCO training does.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from mrcnn_cli.decode import decode_image
+from mrcnn_cli.errors import DecodeError, MrcnnError
+
+
+@dataclass(frozen=True)
+class Category:
+    id: int
+    name: str
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise MrcnnError(f"annotation file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MrcnnError(f"cannot read annotation file {path}: {exc}") from exc
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
+        raise MrcnnError(f"{path} is not a COCO instances file (needs images, annotations, categories)")
+    return data
+
+
+def _segmentation_to_mask(seg: Any, height: int, width: int) -> np.ndarray | None:
+    """Polygon list or RLE -> bool mask; None for an empty or degenerate shape."""
+    if isinstance(seg, list):
+        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6]
+        if not polys:
+            return None
+        rles = mask_utils.frPyObjects(polys, height, width)
+        rle = mask_utils.merge(rles)
+    elif isinstance(seg, dict) and "counts" in seg:
+        rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else seg
+    else:
+        return None
+    mask = mask_utils.decode(rle).astype(bool)
+    return mask if mask.any() else None
+
+
+class CocoInstanceDataset:
+    """Images and instance targets; labels are 1..K in the order of `categories`."""
+
+    def __init__(self, images_dir: Path | str, ann_path: Path | str) -> None:
+        self.images_dir = Path(images_dir)
+        ann_path = Path(ann_path)
+        self.ann_path = ann_path
+        data = _load_json(ann_path)
+        if not self.images_dir.is_dir():
+            raise MrcnnError(f"images folder not found: {self.images_dir}")
+        self.categories = [Category(int(c["id"]), str(c["name"])) for c in data["categories"]]
+        if not self.categories:
+            raise MrcnnError(f"{ann_path} lists no categories")
+        self.label_of = {c.id: i + 1 for i, c in enumerate(self.categories)}
+        self.images = sorted(data["images"], key=lambda im: int(im["id"]))
+        known = {int(im["id"]) for im in self.images}
+        anns = [a for a in data["annotations"]]
+        if not anns:
+            raise MrcnnError(f"{ann_path} has no annotations: nothing to learn from")
+        unknown_images = sorted({int(a["image_id"]) for a in anns} - known)
+        if unknown_images:
+            raise MrcnnError(
+                f"{ann_path}: annotations refer to {len(unknown_images)} image id(s) not in "
+                f"'images' (first: {unknown_images[:5]})"
+            )
+        unknown_cats = sorted({int(a["category_id"]) for a in anns} - set(self.label_of))
+        if unknown_cats:
+            raise MrcnnError(f"{ann_path}: annotations use unknown category ids {unknown_cats[:5]}")
+        missing = [im["file_name"] for im in self.images if not (self.images_dir / im["file_name"]).is_file()]
+        if missing:
+            raise MrcnnError(
+                f"{len(missing)} image file(s) listed in {ann_path} are missing from "
+                f"{self.images_dir} (first: {', '.join(missing[:3])})"
+            )
+        self.anns_by_image: dict[int, list[dict[str, Any]]] = {i: [] for i in known}
+        for a in anns:
+            self.anns_by_image[int(a["image_id"])].append(a)
+        self.skipped_annotations = 0
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return ("__background__", *(c.name for c in self.categories))
+
+    @property
+    def category_ids(self) -> tuple[int, ...]:
+        return (0, *(c.id for c in self.categories))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+        """Decoded RGB image and its target (boxes xyxy, labels, masks uint8)."""
+        info = self.images[index]
+        path = self.images_dir / info["file_name"]
+        try:
+            image = decode_image(path)
+        except DecodeError as exc:
+            raise MrcnnError(f"{path}: {exc}") from exc
+        h, w = image.shape[:2]
+        boxes, labels, masks = [], [], []
+        for a in self.anns_by_image[int(info["id"])]:
+            if a.get("iscrowd", 0):
+                continue
+            mask = _segmentation_to_mask(a.get("segmentation"), h, w)
+            if mask is None:
+                self.skipped_annotations += 1
+                warnings.warn(
+                    f"{path}: annotation {a.get('id')} has an empty or degenerate "
+                    "segmentation; skipped",
+                    stacklevel=2,
+                )
+                continue
+            ys, xs = np.nonzero(mask)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            labels.append(self.label_of[int(a["category_id"])])
+            masks.append(mask)
+        target = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "masks": torch.from_numpy(np.stack(masks)).to(torch.uint8)
+            if masks
+            else torch.zeros((0, h, w), dtype=torch.uint8),
+        }
+        return image, target
