@@ -44,8 +44,11 @@ def predict(
         labels = out["labels"]
         keep = torch.ones_like(labels, dtype=torch.bool)
         if keep_labels is not None:
-            keep = torch.tensor([int(lab) in keep_labels for lab in labels.tolist()],
-                                dtype=torch.bool, device=labels.device)
+            keep = torch.tensor(
+                [int(lab) in keep_labels for lab in labels.tolist()],
+                dtype=torch.bool,
+                device=labels.device,
+            )
         boxes, labels, scores = boxes[keep], labels[keep], out["scores"][keep]
         masks = None
         if "masks" in out:

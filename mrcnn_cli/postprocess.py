@@ -46,8 +46,9 @@ def paste_masks(
         cy0, cy1 = max(y0, 0), min(y1 + 1, height)
         if cx1 <= cx0 or cy1 <= cy0:
             continue
-        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear",
-                                align_corners=False)[0, 0]
+        resized = F.interpolate(
+            padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False
+        )[0, 0]
         crop = resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
         out[i, cy0:cy1, cx0:cx1] = (crop > threshold).cpu().numpy()
     return out

@@ -78,3 +78,16 @@ RoiOpOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one line.")]
+
+
+def finish_run(summary, quiet: bool, json_out: bool) -> None:
+    """Print the summary (table on stderr, or JSON on stdout) and exit 1 if files failed."""
+    from mrcnn_cli.errors import EXIT_SOME_FAILED
+    from mrcnn_cli.progress import print_summary, summary_json
+
+    if json_out:
+        typer.echo(summary_json(summary))
+    elif not quiet:
+        print_summary(summary, err_console)
+    if summary.failed:
+        raise typer.Exit(EXIT_SOME_FAILED)

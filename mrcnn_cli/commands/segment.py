@@ -1,9 +1,109 @@
-"""`mrcnn segment` (being built)."""
+"""`mrcnn segment`: instance segmentation of image files, folders, globs and lists."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from mrcnn_cli.commands._common import (
+    BatchOpt,
+    ClassesOpt,
+    DebugOpt,
+    DeviceOpt,
+    HalfOpt,
+    JsonOpt,
+    MaskThrOpt,
+    MaxDetOpt,
+    ModelOpt,
+    QuietOpt,
+    RoiOpOpt,
+    WeightsOpt,
+    finish_run,
+    parse_classes,
+    run_or_exit,
+)
+from mrcnn_cli.errors import MrcnnError
+
+
+def segment_command(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Image files, folders (recursive), globs or .txt lists.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("results"),
+    save: Annotated[
+        str, typer.Option("--save", help="Comma-separated: overlay, masks, coco.")
+    ] = "overlay,coco",
+    mask_format: Annotated[
+        str, typer.Option("--mask-format", help="instance (16-bit ids) | binary | semantic.")
+    ] = "instance",
+    ann: Annotated[
+        Path | None, typer.Option("--ann", help="COCO annotations: take image ids from here.")
+    ] = None,
+    model: ModelOpt = "maskrcnn_resnet50_fpn",
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    half: HalfOpt = False,
+    batch_size: BatchOpt = 2,
+    score_thr: Annotated[float, typer.Option("--score-thr", help="Minimum score.")] = 0.5,
+    max_det: MaxDetOpt = 100,
+    classes: ClassesOpt = None,
+    mask_thr: MaskThrOpt = 0.5,
+    roi_op: RoiOpOpt = "align",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode/write threads.")] = 2,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redo images already done (default: resume).")
+    ] = False,
+    random_weights: Annotated[
+        int | None, typer.Option("--random-weights", hidden=True, help="Seeded random init.")
+    ] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Segment images; write overlays, PNG masks and/or COCO results JSON under --out."""
+    from mrcnn_cli.engine import ModelConfig, SegmentConfig, segment
+
+    def job():
+        cfg = SegmentConfig(
+            inputs=tuple(inputs),
+            out=out,
+            model=ModelConfig(
+                model=model,
+                weights=weights,
+                device=device,
+                half=half,
+                score_thr=score_thr,
+                max_det=max_det,
+                classes=_tuple(parse_classes(classes)),
+                mask_thr=mask_thr,
+                roi_op=roi_op,
+                random_init_seed=random_weights,
+            ),
+            batch_size=batch_size,
+            save=_save_kinds(save),
+            mask_format=mask_format,
+            ann=ann,
+            overwrite=overwrite,
+            workers=workers,
+        )
+        return segment(cfg, enabled_progress=not quiet, quiet=quiet)
+
+    summary = run_or_exit(job, debug)
+    finish_run(summary, quiet=quiet, json_out=json_out)
+
+
+def _save_kinds(value: str) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
+    if not kinds:
+        raise MrcnnError("--save needs at least one of overlay, masks, coco")
+    return kinds
+
+
+def _tuple(value: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(value) if value else None
 
 
 def register(app: typer.Typer) -> None:
-    """Add the command to the app (filled in by the segment work)."""
+    app.command("segment")(segment_command)

@@ -46,24 +46,47 @@ def train_command(
         err_console.print("[bold red]error:[/] --val-images and --val-ann go together")
         raise typer.Exit(2)
     cfg = TrainConfig(
-        images=images, ann=ann, out=out, val_images=val_images, val_ann=val_ann, arch=arch,
-        init=init, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
-        eval_every=eval_every, max_val_images=max_val_images, seed=seed, roi_op=roi_op,
-        threads=threads, device=device, resume=resume,
+        images=images,
+        ann=ann,
+        out=out,
+        val_images=val_images,
+        val_ann=val_ann,
+        arch=arch,
+        init=init,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup,
+        eval_every=eval_every,
+        max_val_images=max_val_images,
+        seed=seed,
+        roi_op=roi_op,
+        threads=threads,
+        device=device,
+        resume=resume,
     )
     console = Console(stderr=True)
     with Progress(
-        TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.2f} steps/s"), TextColumn("{task.fields[losses]}"),
-        TimeRemainingColumn(), console=console, disable=quiet or not console.is_terminal,
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.2f} steps/s"),
+        TextColumn("{task.fields[losses]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
     ) as progress:
         task = progress.add_task("train", total=steps, rate=0.0, losses="")
 
         def on_step(step: int, losses: dict[str, float]) -> None:
             text = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in losses.items())
             elapsed = progress.tasks[0].elapsed or 1e-9
-            progress.update(task, completed=step, losses=text,
-                            rate=(step - progress.tasks[0].fields.get("start", 0)) / elapsed)
+            progress.update(
+                task,
+                completed=step,
+                losses=text,
+                rate=(step - progress.tasks[0].fields.get("start", 0)) / elapsed,
+            )
 
         def on_eval(step: int, metrics: dict[str, float]) -> None:
             if not quiet:
@@ -75,8 +98,10 @@ def train_command(
 
         state = run_or_exit(lambda: train(cfg, on_step, on_eval), debug)
     if not quiet:
-        console.print(f"done: {state.step} steps; best val segm AP {state.best_segm_ap:.3f}; "
-                      f"checkpoints in {out}")
+        console.print(
+            f"done: {state.step} steps; best val segm AP {state.best_segm_ap:.3f}; "
+            f"checkpoints in {out}"
+        )
 
 
 def synth_command(

@@ -19,8 +19,13 @@ ROI_OPS = ("align", "pool")
 class MultiScaleRoIPool(nn.Module):
     """FPN-level RoI max pooling with coordinates rounded to the feature grid."""
 
-    def __init__(self, featmap_names: list[str], output_size: int, canonical_scale: int = 224,
-                 canonical_level: int = 4) -> None:
+    def __init__(
+        self,
+        featmap_names: list[str],
+        output_size: int,
+        canonical_scale: int = 224,
+        canonical_level: int = 4,
+    ) -> None:
         super().__init__()
         self.featmap_names = list(featmap_names)
         self.output_size = (output_size, output_size)

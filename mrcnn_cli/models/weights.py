@@ -25,7 +25,10 @@ def hub_checkpoint_dir() -> Path:
 
 def resolve_weights(arch: Architecture, explicit: str | None = None) -> Path:
     """Return a local checkpoint path for `arch`, downloading only as the last resort."""
-    for source, value in (("--weights", explicit), ("$MRCNN_WEIGHTS", os.environ.get("MRCNN_WEIGHTS"))):
+    for source, value in (
+        ("--weights", explicit),
+        ("$MRCNN_WEIGHTS", os.environ.get("MRCNN_WEIGHTS")),
+    ):
         if value:
             path = Path(value).expanduser()
             if not path.is_file():
@@ -51,7 +54,8 @@ def _download(arch: Architecture, file_name: str) -> Path:
             )
             return hub_checkpoint_dir() / file_name
         except Exception as exc:  # URLError, HTTPError, OSError, timeouts...
-            reason = f"download failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            text = str(exc).strip()
+            reason = f"download failed: {text.splitlines()[0] if text else type(exc).__name__}"
     raise WeightsNotFoundError(
         f"no COCO weights for {arch.name}: {file_name} is not in {PROJECT_WEIGHTS_DIR} "
         f"or {hub_checkpoint_dir()}, and {reason}. On a connected machine fetch {url} and put it "

@@ -35,7 +35,9 @@ def _load_json(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MrcnnError(f"cannot read annotation file {path}: {exc}") from exc
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
-        raise MrcnnError(f"{path} is not a COCO instances file (needs images, annotations, categories)")
+        raise MrcnnError(
+            f"{path} is not a COCO instances file (needs images, annotations, categories)"
+        )
     return data
 
 
@@ -83,7 +85,11 @@ class CocoInstanceDataset:
         unknown_cats = sorted({int(a["category_id"]) for a in anns} - set(self.label_of))
         if unknown_cats:
             raise MrcnnError(f"{ann_path}: annotations use unknown category ids {unknown_cats[:5]}")
-        missing = [im["file_name"] for im in self.images if not (self.images_dir / im["file_name"]).is_file()]
+        missing = [
+            im["file_name"]
+            for im in self.images
+            if not (self.images_dir / im["file_name"]).is_file()
+        ]
         if missing:
             raise MrcnnError(
                 f"{len(missing)} image file(s) listed in {ann_path} are missing from "

@@ -31,8 +31,13 @@ from mrcnn_cli.train.dataset import CocoInstanceDataset
 from mrcnn_cli.writers.coco import detections_to_results
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
-LOSS_SHORT = {"loss_classifier": "cls", "loss_box_reg": "box", "loss_mask": "mask",
-              "loss_objectness": "obj", "loss_rpn_box_reg": "rpn_box"}
+LOSS_SHORT = {
+    "loss_classifier": "cls",
+    "loss_box_reg": "box",
+    "loss_mask": "mask",
+    "loss_objectness": "obj",
+    "loss_rpn_box_reg": "rpn_box",
+}
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,9 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------- building
-def build_for_training(cfg: TrainConfig, dataset: CocoInstanceDataset) -> tuple[MaskRCNN, ModelMeta]:
+def build_for_training(
+    cfg: TrainConfig, dataset: CocoInstanceDataset
+) -> tuple[MaskRCNN, ModelMeta]:
     arch = get_architecture(cfg.arch)
     settings: dict[str, Any] = {}
     if cfg.min_size:
@@ -146,8 +153,12 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate_model(
-    model: MaskRCNN, meta: ModelMeta, dataset: CocoInstanceDataset, device: torch.device,
-    max_images: int | None = None, batch_size: int = 8,
+    model: MaskRCNN,
+    meta: ModelMeta,
+    dataset: CocoInstanceDataset,
+    device: torch.device,
+    max_images: int | None = None,
+    batch_size: int = 8,
 ) -> dict[str, float]:
     """bbox and segm AP of `model` on `dataset` with COCO evaluation defaults."""
     was_training = model.training
@@ -170,7 +181,9 @@ def evaluate_model(
     out = {}
     for iou_type in ("bbox", "segm"):
         m = evaluate_results(gt, results, iou_type, img_ids=img_ids)
-        out.update({f"{iou_type}_{k}": v for k, v in m.as_dict().items() if k in ("AP", "AP50", "AP75")})
+        out.update(
+            {f"{iou_type}_{k}": v for k, v in m.as_dict().items() if k in ("AP", "AP50", "AP75")}
+        )
     return out
 
 
@@ -197,7 +210,9 @@ def train(
     model, meta = build_for_training(cfg, dataset)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     state = TrainState()
     last = cfg.out / "last.pt"
@@ -235,8 +250,14 @@ def train(
             on_step(state.step, running)
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
             rate = steps_timed / (time.perf_counter() - t0)
-            state.history.append({"step": state.step, "lr": scheduler.get_last_lr()[0],
-                                  "steps_per_s": rate, **values})
+            state.history.append(
+                {
+                    "step": state.step,
+                    "lr": scheduler.get_last_lr()[0],
+                    "steps_per_s": rate,
+                    **values,
+                }
+            )
         if val is not None and (state.step % cfg.eval_every == 0 or state.step == cfg.steps):
             metrics = evaluate_model(model, meta, val, device, cfg.max_val_images)
             state.history.append({"step": state.step, **metrics})
@@ -244,8 +265,12 @@ def train(
                 on_eval(state.step, metrics)
             if metrics["segm_AP"] > state.best_segm_ap:
                 state.best_segm_ap = metrics["segm_AP"]
-                save_checkpoint(cfg.out / "best.pt", model.state_dict(), meta,
-                                {"step": state.step, "metrics": metrics})
+                save_checkpoint(
+                    cfg.out / "best.pt",
+                    model.state_dict(),
+                    meta,
+                    {"step": state.step, "metrics": metrics},
+                )
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             _save_resume(last, model, optimizer, scheduler, state, meta)
             write_metrics(cfg.out, state.history)
@@ -254,7 +279,9 @@ def train(
     return state
 
 
-def _save_resume(path: Path, model, optimizer, scheduler, state: TrainState, meta: ModelMeta) -> None:
+def _save_resume(
+    path: Path, model, optimizer, scheduler, state: TrainState, meta: ModelMeta
+) -> None:
     extra = {
         "step": state.step,
         "best_segm_ap": state.best_segm_ap,
@@ -272,8 +299,9 @@ def _restore(path: Path, model, optimizer, scheduler) -> TrainState:
     optimizer.load_state_dict(ckpt.extra["optimizer"])
     scheduler.load_state_dict(ckpt.extra["scheduler"])
     torch.set_rng_state(ckpt.extra["torch_rng"])
-    return TrainState(int(ckpt.extra["step"]), float(ckpt.extra["best_segm_ap"]),
-                      list(ckpt.extra["history"]))
+    return TrainState(
+        int(ckpt.extra["step"]), float(ckpt.extra["best_segm_ap"]), list(ckpt.extra["history"])
+    )
 
 
 def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
@@ -298,8 +326,11 @@ def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
     fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 4))
     loss_rows = [r for r in history if "loss" in r]
     for name in ("loss", *LOSS_NAMES):
-        ax_loss.plot([r["step"] for r in loss_rows], [r[name] for r in loss_rows],
-                     label=LOSS_SHORT.get(name, name))
+        ax_loss.plot(
+            [r["step"] for r in loss_rows],
+            [r[name] for r in loss_rows],
+            label=LOSS_SHORT.get(name, name),
+        )
     ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
     ax_loss.set_title("training losses")
