@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,8 @@ with torch.inference_mode():
             ids[masks[k]] = k + 1
         cv2.imwrite(str(out / (f.stem + ".png")), ids)
         res = []
-        for m, b, s, l in zip(masks, r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist()):
+        rows = zip(masks, r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist())
+        for m, b, s, l in rows:
             rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
             rle["counts"] = rle["counts"].decode()
             res.append({{"bbox": b, "score": s, "category_id": l, "segmentation": rle}})
@@ -61,16 +61,20 @@ print(json.dumps({{"seconds": time.perf_counter() - t0}}))
 """
 
 
+MEASURE = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+    "stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
 def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and the child's peak RSS in MiB (ru_maxrss of the finished child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall seconds and peak RSS in MiB of `cmd`, measured by a fresh parent of its own."""
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, *cmd], check=True, capture_output=True, text=True
+    ).stdout
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
-        print("note: peak RSS not above an earlier child's; run variants separately", file=sys.stderr)
-    return seconds, peak / 1024
+    return seconds, int(out.strip().splitlines()[-1]) / 1024
 
 
 def make_large_image(folder: Path) -> list[Path]:
@@ -100,17 +104,34 @@ def main() -> None:
         list_file = tmp / "inputs.txt"
         list_file.write_text("\n".join(str(f) for f in files))
         rows = {}
-        ours_cmd = [sys.executable, "-m", "mrcnn_cli", "segment", str(list_file), "--out",
-                    str(tmp / "ours"), "--model", args.arch, "--random-weights", "0",
-                    "--score-thr", "0", "--save", "overlay,masks,coco", "--batch-size",
-                    str(args.batch_size), "--quiet"]
+        ours_cmd = [
+            sys.executable,
+            "-m",
+            "mrcnn_cli",
+            "segment",
+            str(list_file),
+            "--out",
+            str(tmp / "ours"),
+            "--model",
+            args.arch,
+            "--random-weights",
+            "0",
+            "--score-thr",
+            "0",
+            "--save",
+            "overlay,masks,coco",
+            "--batch-size",
+            str(args.batch_size),
+            "--quiet",
+        ]
         rows["mrcnn segment"] = run_measured(ours_cmd)
         if not args.skip_baseline:
             (tmp / "base").mkdir()
             script = tmp / "baseline.py"
             script.write_text(BASELINE.format(arch=args.arch))
             rows["naive torchvision loop"] = run_measured(
-                [sys.executable, str(script), str(tmp / "base"), *map(str, files)])
+                [sys.executable, str(script), str(tmp / "base"), *map(str, files)]
+            )
     n = len(files)
     print(f"{n} image(s), {args.arch}, random weights, score-thr 0, overlay+masks+coco")
     base = rows.get("naive torchvision loop")
