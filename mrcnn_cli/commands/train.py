@@ -78,15 +78,14 @@ def train_command(
     ) as progress:
         task = progress.add_task("train", total=steps, rate=0.0, losses="")
 
+        log_lines = not quiet and not console.is_terminal  # a log file gets plain lines
+
         def on_step(step: int, losses: dict[str, float]) -> None:
             text = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in losses.items())
             elapsed = progress.tasks[0].elapsed or 1e-9
-            progress.update(
-                task,
-                completed=step,
-                losses=text,
-                rate=(step - progress.tasks[0].fields.get("start", 0)) / elapsed,
-            )
+            progress.update(task, completed=step, losses=text, rate=step / elapsed)
+            if log_lines and step % 100 == 0:
+                console.print(f"step {step}/{steps}  {text}", highlight=False)
 
         def on_eval(step: int, metrics: dict[str, float]) -> None:
             if not quiet:
