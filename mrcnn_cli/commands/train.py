@@ -80,10 +80,15 @@ def train_command(
 
         log_lines = not quiet and not console.is_terminal  # a log file gets plain lines
 
+        first_step: list[int] = []  # a resumed run starts past 0; rate counts this run only
+
         def on_step(step: int, losses: dict[str, float]) -> None:
+            first_step[:] = first_step or [step - 1]
             text = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in losses.items())
             elapsed = progress.tasks[0].elapsed or 1e-9
-            progress.update(task, completed=step, losses=text, rate=step / elapsed)
+            progress.update(
+                task, completed=step, losses=text, rate=(step - first_step[0]) / elapsed
+            )
             if log_lines and step % 100 == 0:
                 console.print(f"step {step}/{steps}  {text}", highlight=False)
 
