@@ -1,9 +1,208 @@
-"""`mrcnn eval` (being built)."""
+"""`mrcnn eval`: COCO bbox / segm AP of a model, or of an existing results file."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from mrcnn_cli.commands._common import (
+    BatchOpt,
+    DebugOpt,
+    DeviceOpt,
+    HalfOpt,
+    JsonOpt,
+    MaskThrOpt,
+    QuietOpt,
+    RoiOpOpt,
+    WeightsOpt,
+    err_console,
+    parse_classes,
+    run_or_exit,
+)
+from mrcnn_cli.errors import MrcnnError
+
+DEFAULT_MODEL = "maskrcnn_resnet50_fpn"
+IOU_TYPE_CHOICES = {"bbox": ("bbox",), "segm": ("segm",), "both": ("bbox", "segm")}
+_SHOWN_MISSING = 20
+
+
+def eval_command(
+    ann: Annotated[
+        Path, typer.Option("--ann", "-a", help="COCO instances JSON (the ground truth).")
+    ],
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            "-i",
+            help="Folder with the annotated images: the model runs on them, the "
+            "worst-images gallery is drawn from them; with --pred, images missing here are "
+            "listed and left out (exit 1).",
+        ),
+    ] = None,
+    pred: Annotated[
+        Path | None,
+        typer.Option("--pred", "-p", help="Score this COCO results file instead of a model."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for metrics.json, plots and gallery.")
+    ] = Path("eval"),
+    iou_type: Annotated[str, typer.Option("--iou-type", help="bbox | segm | both.")] = "both",
+    classes: Annotated[
+        str | None,
+        typer.Option("--classes", help="Score only these classes: comma-separated names or ids."),
+    ] = None,
+    max_images: Annotated[
+        int | None,
+        typer.Option("--max-images", min=1, help="Only the first N annotated images."),
+    ] = None,
+    gallery: Annotated[
+        int, typer.Option("--gallery", min=0, help="How many worst images to draw (0: none).")
+    ] = 8,
+    gallery_thr: Annotated[
+        float,
+        typer.Option(
+            "--gallery-thr",
+            min=0.0,
+            max=1.0,
+            help="Score from which a detection is drawn (and counted) in the gallery.",
+        ),
+    ] = 0.5,
+    plots: Annotated[
+        bool, typer.Option("--plots/--no-plots", help="Write precision-recall curve PNGs.")
+    ] = True,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help=f"Model name or checkpoint (default: {DEFAULT_MODEL})."),
+    ] = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    half: HalfOpt = False,
+    batch_size: BatchOpt = 2,
+    score_thr: Annotated[
+        float,
+        typer.Option(
+            "--score-thr",
+            min=0.0,
+            max=1.0,
+            help="Model mode: minimum score (0.05 is the COCO evaluation setting).",
+        ),
+    ] = 0.05,
+    max_det: Annotated[
+        int, typer.Option("--max-det", min=1, help="Model mode: detections per image.")
+    ] = 100,
+    mask_thr: MaskThrOpt = 0.5,
+    roi_op: RoiOpOpt = "align",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode/write threads.")] = 2,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Model mode: redo images already in --out.")
+    ] = False,
+    random_weights: Annotated[
+        int | None, typer.Option("--random-weights", hidden=True, help="Seeded random init.")
+    ] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Evaluate instance segmentation with COCO AP (pycocotools COCOeval).
+
+    Model mode: `mrcnn eval --images DIR --ann instances.json [--model ...]`.
+    Results mode: `mrcnn eval --pred predictions.json --ann instances.json`.
+    """
+    from mrcnn_cli.eval_run import EvalConfig, run_eval
+
+    def job():
+        if iou_type not in IOU_TYPE_CHOICES:
+            raise MrcnnError(f"--iou-type must be bbox, segm or both, not {iou_type!r}")
+        if pred is not None and model is not None:
+            raise MrcnnError("--pred scores an existing results file; --model does not apply")
+        if pred is None and images is None:
+            raise MrcnnError(
+                "nothing to evaluate: give --pred FILE, or --images DIR to run a model"
+            )
+        model_cfg = None
+        if pred is None:
+            from mrcnn_cli.engine import ModelConfig
+
+            model_cfg = ModelConfig(
+                model=model or DEFAULT_MODEL,
+                weights=weights,
+                device=device,
+                half=half,
+                score_thr=score_thr,
+                max_det=max_det,
+                classes=None,
+                mask_thr=mask_thr,
+                roi_op=roi_op,
+                random_init_seed=random_weights,
+            )
+        cfg = EvalConfig(
+            ann=ann,
+            out=out,
+            pred=pred,
+            images=images,
+            iou_types=IOU_TYPE_CHOICES[iou_type],
+            classes=tuple(parse_classes(classes) or ()) or None,
+            max_images=max_images,
+            gallery=gallery,
+            gallery_score_thr=gallery_thr,
+            plots=plots,
+            model=model_cfg,
+            batch_size=batch_size,
+            workers=workers,
+            overwrite=overwrite,
+        )
+        return run_eval(cfg, progress=not quiet and not json_out, quiet=quiet)
+
+    outcome = run_or_exit(job, debug)
+    if json_out:
+        typer.echo(json.dumps(outcome.document, indent=2))
+    elif not quiet:
+        _print_report(outcome)
+    if not quiet:
+        _print_problems(outcome)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _print_report(outcome) -> None:
+    from rich.console import Console
+
+    from mrcnn_cli.eval_report import per_class_table, summary_table
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if outcome.results:
+        console.print(summary_table(outcome.results))
+        console.print(per_class_table(outcome.results))
+
+
+def _print_problems(outcome) -> None:
+    """Skipped types, dropped detections and missing images on stderr (stdout: the data)."""
+    for iou_type, reason in outcome.skipped.items():
+        err_console.print(
+            f"[yellow]{iou_type} skipped:[/] {reason}", highlight=False, soft_wrap=True
+        )
+    for note in outcome.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    if outcome.missing:
+        n = len(outcome.missing)
+        err_console.print(
+            f"[bold yellow]{n} image file(s) missing or unreadable; evaluated the other "
+            f"{outcome.document['images']['evaluated']}:[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for item in outcome.missing[:_SHOWN_MISSING]:
+            err_console.print(f"  {item.path}: {item.reason}", highlight=False, soft_wrap=True)
+        if n > _SHOWN_MISSING:
+            err_console.print(f"  ... and {n - _SHOWN_MISSING} more (all in metrics.json)")
+    err_console.print(f"wrote {outcome.metrics_path}"
+                      + (f" and {len(outcome.files)} image(s)" if outcome.files else ""),
+                      highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
-    """Add the command to the app (filled in by the eval work)."""
+    app.command("eval")(eval_command)
