@@ -10,7 +10,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mrcnn_cli.commands._common import DebugOpt, QuietOpt, RoiOpOpt, err_console, run_or_exit
-from mrcnn_cli.models.architectures import ARCHITECTURES
+
+# Spelled out rather than imported: `mrcnn --help` should not wait for torch.
+ARCH_HELP = (
+    "maskrcnn_resnet18_fpn_lite (CPU-friendly), maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2."
+)
 
 
 def train_command(
@@ -19,9 +23,7 @@ def train_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, metrics).")],
     val_images: Annotated[Path | None, typer.Option("--val-images")] = None,
     val_ann: Annotated[Path | None, typer.Option("--val-ann")] = None,
-    arch: Annotated[str, typer.Option("--arch", help=f"One of: {', '.join(ARCHITECTURES)}.")] = (
-        "maskrcnn_resnet18_fpn_lite"
-    ),
+    arch: Annotated[str, typer.Option("--arch", help=ARCH_HELP)] = ("maskrcnn_resnet18_fpn_lite"),
     init: Annotated[
         str, typer.Option("--init", help="scratch | coco (torchvision weights) | checkpoint path.")
     ] = "scratch",
