@@ -199,9 +199,11 @@ def segment(
 ) -> RunSummary:
     """Run the whole job; per-file problems end up in the summary, not as exceptions."""
     cfg.validate()
-    items, failures = collect_sources(cfg.inputs)
+    items, failures = collect_sources(cfg.inputs, kinds=frozenset({"image", "video"}))
     if not items and not failures:
         raise MrcnnError("no inputs given")
+    videos = [it for it in items if it.kind == "video"]  # each counts as one item here
+    items = [it for it in items if it.kind == "image"]
     prepare_output(cfg.out)
     loaded = loaded or cfg.model.load()
     keep = resolve_class_filter(cfg.model.classes, loaded.class_names, loaded.category_ids)
@@ -214,7 +216,7 @@ def segment(
     writer = ImageWriter(cfg, journal, digest, image_ids)
 
     with ProgressReporter(
-        len(items) + len(failures), enabled=enabled_progress, quiet=quiet
+        len(items) + len(videos) + len(failures), enabled=enabled_progress, quiet=quiet
     ) as progress:
         for failed in failures:
             progress.fail(failed)
@@ -234,6 +236,12 @@ def segment(
             progress.fail(item)
 
         _run(cfg, loaded, keep, todo, writer, progress, fail)
+        if videos:  # frames go through the same predict(); outputs as `mrcnn video` writes them
+            from mrcnn_cli.video import VideoConfig, process_video
+
+            video_cfg = VideoConfig.from_segment(cfg)
+            for video in videos:
+                process_video(video, video_cfg, loaded, keep).report_as_item(progress)
 
         if "coco" in cfg.save:
             results, images = journal.assemble([it.rel for it in items], digest, image_ids)

@@ -1,9 +1,137 @@
-"""`mrcnn video` (being built)."""
+"""`mrcnn video`: instance segmentation of every frame of video files, folders and globs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from mrcnn_cli.commands._common import (
+    BatchOpt,
+    ClassesOpt,
+    DebugOpt,
+    DeviceOpt,
+    HalfOpt,
+    JsonOpt,
+    MaskThrOpt,
+    MaxDetOpt,
+    ModelOpt,
+    QuietOpt,
+    RoiOpOpt,
+    WeightsOpt,
+    finish_run,
+    parse_classes,
+    run_or_exit,
+)
+from mrcnn_cli.errors import MrcnnError
+
+SAVE_HELP = (
+    "Comma-separated: video (annotated <stem>.mp4), masks (masks/<stem>/<frame>.png, "
+    "16-bit instance ids), coco (<stem>.predictions.json + <stem>.images.json, one image "
+    "per frame)."
+)
+
+
+def video_command(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Video files (mp4, avi, mov, mkv, webm), folders or globs."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("results"),
+    save: Annotated[str, typer.Option("--save", help=SAVE_HELP)] = "video",
+    stride: Annotated[
+        int,
+        typer.Option(
+            "--stride",
+            min=1,
+            help="Run the model on every Nth frame; frames between reuse its result "
+            "(the output keeps every frame).",
+        ),
+    ] = 1,
+    start: Annotated[
+        float, typer.Option("--start", min=0.0, help="Start at this second of the video.")
+    ] = 0.0,
+    end: Annotated[
+        float | None, typer.Option("--end", min=0.0, help="Stop before this second.")
+    ] = None,
+    max_frames: Annotated[
+        int | None, typer.Option("--max-frames", min=1, help="At most this many frames a video.")
+    ] = None,
+    model: ModelOpt = "maskrcnn_resnet50_fpn",
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    half: HalfOpt = False,
+    batch_size: BatchOpt = 2,
+    score_thr: Annotated[float, typer.Option("--score-thr", help="Minimum score.")] = 0.5,
+    max_det: MaxDetOpt = 100,
+    classes: ClassesOpt = None,
+    mask_thr: MaskThrOpt = 0.5,
+    roi_op: RoiOpOpt = "align",
+    codec: Annotated[
+        str | None,
+        typer.Option(
+            "--codec",
+            help="FFmpeg video encoder (default: libx264 (H.264), or mpeg4 where FFmpeg "
+            "has no libx264).",
+        ),
+    ] = None,
+    crf: Annotated[
+        int, typer.Option("--crf", min=0, max=51, help="libx264 quality: lower is better.")
+    ] = 20,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redo videos already done (default: resume).")
+    ] = False,
+    random_weights: Annotated[
+        int | None, typer.Option("--random-weights", hidden=True, help="Seeded random init.")
+    ] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Segment every frame of videos; write annotated MP4s (audio kept), masks, COCO JSON."""
+    from mrcnn_cli.engine import ModelConfig
+    from mrcnn_cli.video import VideoConfig, run_videos
+
+    def job():
+        classes_list = parse_classes(classes)
+        cfg = VideoConfig(
+            inputs=tuple(inputs),
+            out=out,
+            model=ModelConfig(
+                model=model,
+                weights=weights,
+                device=device,
+                half=half,
+                score_thr=score_thr,
+                max_det=max_det,
+                classes=tuple(classes_list) if classes_list else None,
+                mask_thr=mask_thr,
+                roi_op=roi_op,
+                random_init_seed=random_weights,
+            ),
+            batch_size=batch_size,
+            stride=stride,
+            start=start,
+            end=end,
+            max_frames=max_frames,
+            save=_save_kinds(save),
+            overwrite=overwrite,
+            codec=codec,
+            crf=crf,
+        )
+        return run_videos(cfg, enabled_progress=not quiet, quiet=quiet)
+
+    summary = run_or_exit(job, debug)
+    finish_run(summary, quiet=quiet, json_out=json_out)
+
+
+def _save_kinds(value: str) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
+    if not kinds:
+        raise MrcnnError("--save needs at least one of video, masks, coco")
+    return kinds
 
 
 def register(app: typer.Typer) -> None:
-    """Add the command to the app (filled in by the video work)."""
+    app.command("video")(video_command)
