@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -133,22 +134,37 @@ def decode_ahead(
             yield item, fut.result()
 
 
+def batch_groups(
+    items: Sequence[SourceItem], todo: Sequence[SourceItem], batch_size: int
+) -> list[list[SourceItem]]:
+    """The batches to run: cut from the whole input list, kept if they hold work to do.
+
+    An image's result depends on its batch-mates (the batch is padded to its largest
+    image, and the numerics vary with the batch size), so batches must not be cut from
+    the images left to do: a resumed run then forms the batches of an uninterrupted
+    one and writes identical outputs. Mates already done run again, unwritten.
+    """
+    to_do = {it.rel for it in todo}
+    groups = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    return [g for g in groups if any(it.rel in to_do for it in g)]
+
+
 def batched(
     decoded: Iterable[tuple[SourceItem, np.ndarray | FailedItem]],
-    batch_size: int,
+    group_sizes: Iterable[int],
     on_failure: Callable[[FailedItem], None],
 ) -> Iterator[list[Decoded]]:
-    batch: list[Decoded] = []
-    for item, result in decoded:
-        if isinstance(result, FailedItem):
-            on_failure(FailedItem(item.path, result.reason))
-            continue
-        batch.append(Decoded(item, result))
-        if len(batch) == batch_size:
+    """One batch per group of `group_sizes` consecutive items, less those that failed."""
+    decoded = iter(decoded)
+    for size in group_sizes:
+        batch: list[Decoded] = []
+        for item, result in islice(decoded, size):
+            if isinstance(result, FailedItem):
+                on_failure(FailedItem(item.path, result.reason))
+            else:
+                batch.append(Decoded(item, result))
+        if batch:
             yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class ImageWriter:
@@ -235,7 +251,7 @@ def segment(
                 journal.forget(rel_of[str(item.path)])
             progress.fail(item)
 
-        _run(cfg, loaded, keep, todo, writer, progress, fail)
+        _run(cfg, loaded, keep, items, todo, writer, progress, fail)
         if videos:  # frames go through the same predict(); outputs as `mrcnn video` writes them
             from mrcnn_cli.video import VideoConfig, process_video
 
@@ -256,13 +272,22 @@ def _run(
     cfg: SegmentConfig,
     loaded: LoadedModel,
     keep: frozenset[int] | None,
+    items: Sequence[SourceItem],
     todo: Sequence[SourceItem],
     writer: ImageWriter,
     progress: ProgressReporter,
     fail: Callable[[FailedItem], None],
 ) -> None:
+    to_do = {str(it.path) for it in todo}
+
+    def fail_todo(item: FailedItem) -> None:  # a done batch-mate keeps its earlier result
+        if str(item.path) in to_do:
+            fail(item)
+
+    groups = batch_groups(items, todo, cfg.batch_size)
     lookahead = max(2 * cfg.batch_size, cfg.workers)
-    decoded = decode_ahead(todo, cfg.workers, lookahead, cfg.max_pixels)
+    flat = [it for group in groups for it in group]
+    decoded = decode_ahead(flat, cfg.workers, lookahead, cfg.max_pixels)
     with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="write") as pool:
         in_flight: deque[tuple[Decoded, Future]] = deque()
 
@@ -274,9 +299,9 @@ def _run(
                 except (OSError, ValueError) as exc:
                     fail(FailedItem(done.item.path, f"cannot write outputs: {exc}"))
 
-        for batch in batched(decoded, cfg.batch_size, fail):
-            for done, dets in zip(batch, _predict_batch(loaded, batch, cfg, keep, fail)):
-                if dets is not None:
+        for batch in batched(decoded, [len(g) for g in groups], fail_todo):
+            for done, dets in zip(batch, _predict_batch(loaded, batch, cfg, keep, fail_todo)):
+                if dets is not None and str(done.item.path) in to_do:
                     in_flight.append((done, pool.submit(writer, done, dets)))
             drain(limit=2 * cfg.batch_size)
         drain(limit=0)
