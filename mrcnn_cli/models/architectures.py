@@ -92,19 +92,23 @@ def build_resnet18_fpn_lite(
         sizes=((16,), (32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4
     )
     levels = ["0", "1", "2"]
-    return MaskRCNN(
+    # MaskRCNN's constructor accepts only RoIAlign modules: build with it, then swap.
+    model = MaskRCNN(
         backbone,
         num_classes=None,
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
-        box_roi_pool=make_roi_op(roi_op, levels, 7),
+        box_roi_pool=make_roi_op("align", levels, 7),
         box_head=TwoMLPHead(fpn_channels * 7 * 7, box_head_width),
         box_predictor=FastRCNNPredictor(box_head_width, num_classes),
-        mask_roi_pool=make_roi_op(roi_op, levels, 14),
+        mask_roi_pool=make_roi_op("align", levels, 14),
         mask_head=MaskRCNNHeads(fpn_channels, [mask_head_channels] * mask_head_layers, 1),
         mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes),
         **settings,
     )
+    if roi_op != "align":
+        set_roi_op(model, roi_op)
+    return model
 
 
 ARCHITECTURES: dict[str, Architecture] = {
