@@ -63,8 +63,9 @@ def resolve_class_filter(
     """
     if not requested:
         return None
-    by_name = {name.lower(): i for i, name in enumerate(class_names) if i > 0 and name != "N/A"}
-    by_id = {int(cid): i for i, cid in enumerate(category_ids) if i > 0}
+    real = [i for i, name in enumerate(class_names) if i > 0 and name != "N/A"]
+    by_name = {class_names[i].lower(): i for i in real}
+    by_id = {int(category_ids[i]): i for i in real}
     labels: set[int] = set()
     for entry in requested:
         key = entry.strip().lower()
