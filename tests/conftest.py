@@ -1,0 +1,110 @@
+"""Shared fixtures: the real data beside the repo, a tiny checkpoint, offline weights, the CLI.
+
+The real data (50 COCO val2017 images with their annotations) lives in the shared folder
+next to the repository and is referenced in place, never copied into the repo.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner, Result
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+COCO_DIR = DATA / "coco_val_mini"
+COCO_IMAGES = COCO_DIR / "images"
+COCO_ANN = COCO_DIR / "instances.json"
+
+TINY_CLASSES = ("__background__", "circle", "square", "triangle")
+TINY_CATEGORY_IDS = (0, 1, 2, 3)
+TINY_SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def coco_images() -> Path:
+    assert COCO_IMAGES.is_dir(), f"shared test data missing: {COCO_IMAGES}"
+    return COCO_IMAGES
+
+
+@pytest.fixture(scope="session")
+def coco_ann() -> Path:
+    assert COCO_ANN.is_file(), f"shared test data missing: {COCO_ANN}"
+    return COCO_ANN
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded, untrained compact model (3 shape classes, 128 px) in our checkpoint format.
+
+    It runs in a fraction of a second per image on a CPU, so every CLI behaviour that
+    does not depend on the COCO architectures is tested with it.
+    """
+    from mrcnn_cli.models.architectures import get_architecture
+    from mrcnn_cli.models.checkpoint import ModelMeta, save_checkpoint
+
+    torch.manual_seed(0)
+    model = get_architecture("maskrcnn_resnet18_fpn_lite").build(
+        len(TINY_CLASSES), min_size=TINY_SIZE, max_size=TINY_SIZE
+    )
+    meta = ModelMeta(
+        arch="maskrcnn_resnet18_fpn_lite",
+        class_names=TINY_CLASSES,
+        category_ids=TINY_CATEGORY_IDS,
+        settings={"min_size": TINY_SIZE, "max_size": TINY_SIZE},
+    )
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    save_checkpoint(path, model.state_dict(), meta)
+    return path
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """Where weight resolution looks in a test: both folders empty, downloads off."""
+
+    project_dir: Path
+    hub_dir: Path
+
+
+@pytest.fixture
+def offline_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> OfflineWeights:
+    """No checkpoint anywhere: empty weights/ and hub cache, no $MRCNN_WEIGHTS, no download."""
+    from mrcnn_cli.models import weights
+
+    project_dir = tmp_path / "project_weights"
+    project_dir.mkdir()
+    monkeypatch.setattr(weights, "PROJECT_WEIGHTS_DIR", project_dir)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("MRCNN_NO_DOWNLOAD", "1")
+    monkeypatch.delenv("MRCNN_WEIGHTS", raising=False)
+    return OfflineWeights(project_dir, tmp_path / "torch_home" / "hub" / "checkpoints")
+
+
+RunCli = Callable[[Sequence[str | Path]], Result]
+
+
+@pytest.fixture
+def run_cli() -> RunCli:
+    """Invoke the `mrcnn` app in-process; stdout and stderr come back separately."""
+    from mrcnn_cli.cli import app
+
+    def invoke(args: Sequence[str | Path]) -> Result:
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+def invoke_cli(args: Sequence[str | Path]) -> Result:
+    """`run_cli` for module-scoped fixtures (which cannot use function-scoped ones)."""
+    from mrcnn_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def json_summary(result: Result) -> dict:
+    """The summary a `--json` run printed on stdout."""
+    return json.loads(result.stdout)
