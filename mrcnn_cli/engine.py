@@ -26,6 +26,7 @@ from mrcnn_cli.errors import FailedItem, MrcnnError
 from mrcnn_cli.inference import predict
 from mrcnn_cli.journal import Journal, settings_hash, write_failures
 from mrcnn_cli.models import LoadedModel, load_model
+from mrcnn_cli.models.loading import bundled_or_path
 from mrcnn_cli.postprocess import resolve_class_filter
 from mrcnn_cli.progress import ProgressReporter, RunSummary
 from mrcnn_cli.sources import SourceItem, collect_sources
@@ -103,10 +104,23 @@ class SegmentConfig:
         m.pop("device")
         return {
             "model": m,
+            "model_files": [
+                file_fingerprint(bundled_or_path(self.model.model)),
+                file_fingerprint(self.model.weights),
+            ],
             "save": sorted(self.save),
             "mask_format": self.mask_format,
             "style": asdict(self.overlay_style),
         }
+
+
+def file_fingerprint(path: str | None) -> list[Any] | None:
+    """Size and mtime of a checkpoint file, so a retrained model at the same path counts
+    as a change of settings (hashing a 100 MB file on every run would cost more)."""
+    if not path or not Path(path).is_file():
+        return None
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
 
 
 @dataclass

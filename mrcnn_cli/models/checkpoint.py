@@ -125,3 +125,13 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
 def checkpoint_from_payload(obj: dict[str, Any]) -> Checkpoint:
     state = {k: v.float() if v.dtype == torch.float16 else v for k, v in obj["model"].items()}
     return Checkpoint(ModelMeta.from_dict(obj["meta"]), state, dict(obj.get("extra", {})))
+
+
+def export_for_inference(src: Path | str, dst: Path | str, half: bool = True) -> None:
+    """Keep only what inference needs (meta + weights, fp16 if `half`): a shippable file.
+
+    Training state (optimizer, RNG, history) is dropped; the metrics stay as a record.
+    """
+    ckpt = load_checkpoint(src)
+    extra = {k: v for k, v in ckpt.extra.items() if k in ("step", "metrics")}
+    save_checkpoint(dst, ckpt.state_dict, ckpt.meta, extra, half=half)

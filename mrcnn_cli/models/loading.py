@@ -60,6 +60,11 @@ def pick_device(device: str) -> torch.device:
     return dev
 
 
+def bundled_or_path(spec: str) -> str:
+    """A bundled short name (`demo`) -> its file in weights/; anything else unchanged."""
+    return str(PROJECT_WEIGHTS_DIR / BUNDLED_MODELS[spec]) if spec in BUNDLED_MODELS else spec
+
+
 def is_model_path(spec: str) -> bool:
     return spec not in ARCHITECTURES and spec not in BUNDLED_MODELS
 
@@ -104,8 +109,7 @@ def load_model(
 def _meta_and_state(
     spec: str, weights: str | None, random_init_seed: int | None
 ) -> tuple[ModelMeta, dict[str, torch.Tensor] | None, str]:
-    if spec in BUNDLED_MODELS:
-        spec = str(PROJECT_WEIGHTS_DIR / BUNDLED_MODELS[spec])
+    spec = bundled_or_path(spec)
     if is_model_path(spec):
         path = Path(spec).expanduser()
         if not path.exists():
