@@ -91,3 +91,46 @@ def finish_run(summary, quiet: bool, json_out: bool) -> None:
         print_summary(summary, err_console)
     if summary.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def parse_save_kinds(value: str, allowed: str) -> tuple[str, ...]:
+    """`--save overlay,coco` -> ('overlay', 'coco'), order kept, duplicates dropped."""
+    kinds = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
+    if not kinds:
+        raise MrcnnError(f"--save needs at least one of {allowed}")
+    return kinds
+
+
+def model_config(
+    model: str,
+    weights: str | None,
+    device: str,
+    half: bool,
+    score_thr: float,
+    max_det: int,
+    classes: str | None,
+    mask_thr: float,
+    roi_op: str,
+    random_weights: int | None,
+):
+    """The model options every inference command shares -> one `ModelConfig`."""
+    from mrcnn_cli.engine import ModelConfig
+
+    names = parse_classes(classes)
+    return ModelConfig(
+        model=model,
+        weights=weights,
+        device=device,
+        half=half,
+        score_thr=score_thr,
+        max_det=max_det,
+        classes=tuple(names) if names else None,
+        mask_thr=mask_thr,
+        roi_op=roi_op,
+        random_init_seed=random_weights,
+    )
+
+
+RandomWeightsOpt = Annotated[
+    int | None, typer.Option("--random-weights", hidden=True, help="Seeded random init.")
+]

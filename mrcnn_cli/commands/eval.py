@@ -17,9 +17,11 @@ from mrcnn_cli.commands._common import (
     JsonOpt,
     MaskThrOpt,
     QuietOpt,
+    RandomWeightsOpt,
     RoiOpOpt,
     WeightsOpt,
     err_console,
+    model_config,
     parse_classes,
     run_or_exit,
 )
@@ -101,9 +103,7 @@ def eval_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Model mode: redo images already in --out.")
     ] = False,
-    random_weights: Annotated[
-        int | None, typer.Option("--random-weights", hidden=True, help="Seeded random init.")
-    ] = None,
+    random_weights: RandomWeightsOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -126,19 +126,18 @@ def eval_command(
             )
         model_cfg = None
         if pred is None:
-            from mrcnn_cli.engine import ModelConfig
-
-            model_cfg = ModelConfig(
-                model=model or DEFAULT_MODEL,
-                weights=weights,
-                device=device,
-                half=half,
-                score_thr=score_thr,
-                max_det=max_det,
-                classes=None,
-                mask_thr=mask_thr,
-                roi_op=roi_op,
-                random_init_seed=random_weights,
+            # --classes restricts COCOeval (COCO's protocol), not the model's detections.
+            model_cfg = model_config(
+                model or DEFAULT_MODEL,
+                weights,
+                device,
+                half,
+                score_thr,
+                max_det,
+                None,
+                mask_thr,
+                roi_op,
+                random_weights,
             )
         cfg = EvalConfig(
             ann=ann,

@@ -18,13 +18,14 @@ from mrcnn_cli.commands._common import (
     MaxDetOpt,
     ModelOpt,
     QuietOpt,
+    RandomWeightsOpt,
     RoiOpOpt,
     WeightsOpt,
     finish_run,
-    parse_classes,
+    model_config,
+    parse_save_kinds,
     run_or_exit,
 )
-from mrcnn_cli.errors import MrcnnError
 
 
 def segment_command(
@@ -55,34 +56,32 @@ def segment_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo images already done (default: resume).")
     ] = False,
-    random_weights: Annotated[
-        int | None, typer.Option("--random-weights", hidden=True, help="Seeded random init.")
-    ] = None,
+    random_weights: RandomWeightsOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Segment images; write overlays, PNG masks and/or COCO results JSON under --out."""
-    from mrcnn_cli.engine import ModelConfig, SegmentConfig, segment
+    from mrcnn_cli.engine import SegmentConfig, segment
 
     def job():
         cfg = SegmentConfig(
             inputs=tuple(inputs),
             out=out,
-            model=ModelConfig(
-                model=model,
-                weights=weights,
-                device=device,
-                half=half,
-                score_thr=score_thr,
-                max_det=max_det,
-                classes=_tuple(parse_classes(classes)),
-                mask_thr=mask_thr,
-                roi_op=roi_op,
-                random_init_seed=random_weights,
+            model=model_config(
+                model,
+                weights,
+                device,
+                half,
+                score_thr,
+                max_det,
+                classes,
+                mask_thr,
+                roi_op,
+                random_weights,
             ),
             batch_size=batch_size,
-            save=_save_kinds(save),
+            save=parse_save_kinds(save, "overlay, masks, coco"),
             mask_format=mask_format,
             ann=ann,
             overwrite=overwrite,
@@ -92,17 +91,6 @@ def segment_command(
 
     summary = run_or_exit(job, debug)
     finish_run(summary, quiet=quiet, json_out=json_out)
-
-
-def _save_kinds(value: str) -> tuple[str, ...]:
-    kinds = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
-    if not kinds:
-        raise MrcnnError("--save needs at least one of overlay, masks, coco")
-    return kinds
-
-
-def _tuple(value: list[str] | None) -> tuple[str, ...] | None:
-    return tuple(value) if value else None
 
 
 def register(app: typer.Typer) -> None:

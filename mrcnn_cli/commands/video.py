@@ -18,13 +18,14 @@ from mrcnn_cli.commands._common import (
     MaxDetOpt,
     ModelOpt,
     QuietOpt,
+    RandomWeightsOpt,
     RoiOpOpt,
     WeightsOpt,
     finish_run,
-    parse_classes,
+    model_config,
+    parse_save_kinds,
     run_or_exit,
 )
-from mrcnn_cli.errors import MrcnnError
 
 SAVE_HELP = (
     "Comma-separated: video (annotated <stem>.mp4), masks (masks/<stem>/<frame>.png, "
@@ -82,40 +83,36 @@ def video_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo videos already done (default: resume).")
     ] = False,
-    random_weights: Annotated[
-        int | None, typer.Option("--random-weights", hidden=True, help="Seeded random init.")
-    ] = None,
+    random_weights: RandomWeightsOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Segment every frame of videos; write annotated MP4s (audio kept), masks, COCO JSON."""
-    from mrcnn_cli.engine import ModelConfig
     from mrcnn_cli.video import VideoConfig, run_videos
 
     def job():
-        classes_list = parse_classes(classes)
         cfg = VideoConfig(
             inputs=tuple(inputs),
             out=out,
-            model=ModelConfig(
-                model=model,
-                weights=weights,
-                device=device,
-                half=half,
-                score_thr=score_thr,
-                max_det=max_det,
-                classes=tuple(classes_list) if classes_list else None,
-                mask_thr=mask_thr,
-                roi_op=roi_op,
-                random_init_seed=random_weights,
+            model=model_config(
+                model,
+                weights,
+                device,
+                half,
+                score_thr,
+                max_det,
+                classes,
+                mask_thr,
+                roi_op,
+                random_weights,
             ),
             batch_size=batch_size,
             stride=stride,
             start=start,
             end=end,
             max_frames=max_frames,
-            save=_save_kinds(save),
+            save=parse_save_kinds(save, "video, masks, coco"),
             overwrite=overwrite,
             codec=codec,
             crf=crf,
@@ -124,13 +121,6 @@ def video_command(
 
     summary = run_or_exit(job, debug)
     finish_run(summary, quiet=quiet, json_out=json_out)
-
-
-def _save_kinds(value: str) -> tuple[str, ...]:
-    kinds = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
-    if not kinds:
-        raise MrcnnError("--save needs at least one of video, masks, coco")
-    return kinds
 
 
 def register(app: typer.Typer) -> None:
