@@ -231,7 +231,7 @@ def test_masks_are_one_instance_id_png_per_frame(pets_run):
 
 
 def test_without_libx264_the_mpeg4_fallback_is_used(monkeypatch):
-    monkeypatch.setattr(video, "DEFAULT_CODECS", ("no_such_encoder", "mpeg4"))
+    monkeypatch.setattr(video.encoder, "DEFAULT_CODECS", ("no_such_encoder", "mpeg4"))
     assert video.pick_encoder() == "mpeg4"
 
 
@@ -396,7 +396,7 @@ def fake_model(monkeypatch) -> list[list[int]]:
         names, ids = ("__background__", "thing"), (0, 1)
         return [Detections([[0, 0, 1, 1]], [im[0, 0, 0]], [1], None, names, ids) for im in images]
 
-    monkeypatch.setattr("mrcnn_cli.video.predict", fake_predict)
+    monkeypatch.setattr("mrcnn_cli.video.job.predict", fake_predict)
     return calls
 
 

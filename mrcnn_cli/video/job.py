@@ -1,29 +1,18 @@
-"""`mrcnn video`: Mask R-CNN on the frames of a video, written back as an annotated MP4.
+"""One `mrcnn video` run: reader -> batched model -> writer thread, per video, with resume.
 
-    reader thread: PyAV decode -> upright RGB frames        (bounded queue)
-    main thread:   batches of keyed frames -> inference.predict  (the same call as images)
-    writer thread: overlay -> H.264 encode + audio copy, mask PNGs, COCO (bounded queue)
-
-With `--stride N` only every Nth frame goes through the model and the frames between
-reuse the last prediction, so the output still has every frame. Frames exist only
-between the reader and the writer: a few batches at most, however long the video.
-
-Every output goes to a temp file that is renamed when the video is finished, so a
-killed run or a file that cannot be decoded never leaves a half-written MP4 behind. A
-cut file keeps the frames that decode and is reported as a failure for the rest.
+The reading side is in reader.py, the MP4 side in encoder.py; this module wires them to
+the model (`inference.predict`, the same call as images) and to the other outputs.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import queue
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Generic, TypeVar
 
@@ -40,28 +29,28 @@ from mrcnn_cli.models import LoadedModel
 from mrcnn_cli.postprocess import resolve_class_filter
 from mrcnn_cli.progress import ProgressReporter, RunSummary
 from mrcnn_cli.sources import SourceItem, collect_sources
+from mrcnn_cli.video.encoder import VideoEncoder, pick_encoder
+from mrcnn_cli.video.reader import (
+    _END,
+    DecodeReport,
+    Frame,
+    FrameReader,
+    FrameWindow,
+    VideoInfo,
+    probe_video,
+)
 from mrcnn_cli.writers import output_path, safe_rel
 from mrcnn_cli.writers.coco import detections_to_results, image_entry
 from mrcnn_cli.writers.masks import write_masks
 from mrcnn_cli.writers.overlay import OverlayStyle, annotate
 
 SAVE_KINDS = ("video", "masks", "coco")
-# Tried in order when no --codec is given: H.264 where FFmpeg has libx264, else MPEG-4
-# Part 2, which every FFmpeg build can encode and every MP4 player can play.
-DEFAULT_CODECS = ("libx264", "mpeg4")
 DEFAULT_CRF = 20
 VIDEO_SUFFIX = ".mp4"
 PREDICTIONS_SUFFIX = ".predictions.json"
 IMAGES_SUFFIX = ".images.json"
-# Sample rates the AAC encoder takes; other rates are resampled to 48 kHz.
-_AAC_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000})
-# AAC layouts by channel count (sources may have an unnamed "N channels" layout).
-_AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
-_FALLBACK_FPS = Fraction(30)
-# Output timestamps keep the source's (variable rates stay variable) at this resolution:
-# a multiple of 24, 25, 30, 30000/1001, 50, 60 frames/s, and within MPEG-4's 65535 limit.
-_TIME_BASE = Fraction(1, 30_000)
 _MASK_NAME = re.compile(r"^(\d{6,})\.png$")
+T = TypeVar("T")
 
 OnFrames = Callable[[int, int], None]  # (frames done now, detections in them)
 
@@ -133,15 +122,6 @@ class VideoConfig:
 
 
 @dataclass(frozen=True)
-class FrameWindow:
-    """Which frames to read: [start, end) seconds from the start of the video, at most max."""
-
-    start: float = 0.0
-    end: float | None = None
-    max_frames: int | None = None
-
-
-@dataclass(frozen=True)
 class VideoPaths:
     """Where one video's outputs go (names mirror the input tree like every writer's)."""
 
@@ -166,266 +146,7 @@ def frame_mask_rel(rel: PurePosixPath, index: int) -> PurePosixPath:
     return safe_rel(rel).with_suffix("") / f"{index:06d}.png"
 
 
-# --- reading -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What the container header says about the first video stream."""
-
-    width: int
-    height: int
-    fps: Fraction
-    frames: int | None  # from the header; None where the container does not store it
-    duration: float | None  # seconds
-    audio_codec: str | None
-    # True when `duration` is the container's (the longest stream's, maybe the audio's)
-    # because the video stream has none of its own: then it is only a rough bound.
-    duration_is_container: bool = False
-
-    def expected_frames(self, window: FrameWindow) -> int:
-        """Frames a run over `window` should produce (for the progress bar; an estimate)."""
-        duration = self.duration
-        if duration is None and self.frames:
-            duration = self.frames / float(self.fps)
-        if window.start == 0 and window.end is None and self.frames:
-            n = self.frames
-        elif duration is None:
-            n = 0
-        else:
-            stop = duration if window.end is None else min(window.end, duration)
-            n = max(0, math.ceil((stop - window.start) * float(self.fps) - 1e-6))
-        return min(n, window.max_frames) if window.max_frames else n
-
-
-@dataclass
-class Frame:
-    """One decoded frame: `index` is its position in the output, `time` its second in the video."""
-
-    index: int
-    time: float
-    image: np.ndarray  # RGB uint8 HxWx3, upright
-
-
-@dataclass
-class DecodeReport:
-    """Filled in by the reader: what went wrong, if anything, once it has finished."""
-
-    frames: int = 0
-    last_time: float | None = None
-    problem: str | None = None
-    color: dict[str, int] = field(default_factory=dict)  # tags copied to the output stream
-
-
-def _open_input(path: Path) -> av.container.InputContainer:
-    if not path.exists():
-        raise DecodeError("no such file")
-    if path.is_dir():
-        raise DecodeError("is a directory")
-    if path.stat().st_size == 0:
-        raise DecodeError("empty file (0 bytes)")
-    try:
-        return av.open(str(path), mode="r")
-    except PermissionError as exc:
-        raise DecodeError("permission denied") from exc
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"not a readable video ({_ffmpeg_reason(exc)})") from exc
-
-
-def _ffmpeg_reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-
-
-def _video_stream(container: av.container.InputContainer) -> av.VideoStream:
-    if not container.streams.video:
-        raise DecodeError("no video stream in the file")
-    return container.streams.video[0]
-
-
-def _info(container: av.container.InputContainer) -> VideoInfo:
-    stream = _video_stream(container)
-    ctx = stream.codec_context
-    if not ctx.width or not ctx.height:
-        raise DecodeError("the video stream has no frame size")
-    fps = stream.average_rate or stream.guessed_rate or stream.base_rate or _FALLBACK_FPS
-    from_container = not (stream.duration and stream.time_base)
-    if not from_container:
-        duration: float | None = float(stream.duration * stream.time_base)
-    elif container.duration:
-        duration = container.duration / av.time_base
-    else:
-        duration = None
-    audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
-    frames = stream.frames or None
-    return VideoInfo(ctx.width, ctx.height, Fraction(fps), frames, duration, audio, from_container)
-
-
-def probe_video(path: Path) -> VideoInfo:
-    """Read the header only; raises DecodeError with a short reason for a bad file."""
-    with _open_input(path) as container:
-        return _info(container)
-
-
-def _raw_frames(
-    container: av.container.InputContainer, stream: av.VideoStream, report: DecodeReport
-) -> Iterator[av.VideoFrame]:
-    """Every frame that decodes; a bad packet is skipped, a failing demuxer ends the video."""
-    bad_packets = 0
-    try:
-        for packet in container.demux(stream):
-            try:
-                yield from packet.decode()
-            except av.FFmpegError:
-                bad_packets += 1
-    except av.FFmpegError as exc:
-        report.problem = f"the file stops being readable ({_ffmpeg_reason(exc)})"
-        try:
-            yield from stream.codec_context.decode(None)
-        except av.FFmpegError:
-            pass
-    if bad_packets and report.problem is None:
-        report.problem = f"{bad_packets} corrupt packet(s) could not be decoded"
-
-
-def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
-    """Apply the display rotation (degrees counterclockwise) phones store instead of
-    rotating pixels, so the model sees people upright; the output is written upright."""
-    quarter_turns = round(rotation / 90) % 4
-    return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
-
-
-def _seek(container: av.container.InputContainer, stream: av.VideoStream, start: float) -> None:
-    """Jump to the keyframe before `start`; frames before `start` are then dropped."""
-    offset = int(start / stream.time_base) + (stream.start_time or 0)
-    try:
-        container.seek(offset, stream=stream, backward=True)
-    except av.FFmpegError:
-        container.seek(0, stream=stream, backward=True)
-
-
-def decode_frames(path: Path, window: FrameWindow, report: DecodeReport) -> Iterator[Frame]:
-    """Frames in `window` as upright RGB, one at a time (never the whole video in memory).
-
-    After the last frame, `report` says whether the video ended early (cut or corrupt
-    file) rather than at its end, `window.end` or `window.max_frames`.
-    """
-    with _open_input(path) as container:
-        info = _info(container)
-        stream = _video_stream(container)
-        stream.thread_type = "AUTO"
-        if window.start > 0:
-            _seek(container, stream, window.start)
-        origin = stream.start_time or 0
-        period = 1.0 / float(info.fps)
-        size: tuple[int, int] | None = None
-        rotation = 0
-        for raw in _raw_frames(container, stream, report):
-            if raw.pts is not None:
-                time = float((raw.pts - origin) * stream.time_base)
-            else:
-                time = window.start if report.last_time is None else report.last_time + period
-            if time < window.start - 1e-6:
-                continue
-            if window.end is not None and time >= window.end - 1e-6:
-                return
-            if size is None:  # a stream that changes size mid-way is scaled to its first size
-                size, rotation = (raw.width, raw.height), raw.rotation
-                report.color = _color_tags(raw)
-            rgb = raw.to_ndarray(
-                format="rgb24", width=size[0], height=size[1], src_color_range=raw.color_range
-            )
-            yield Frame(report.frames, time, _upright(rgb, rotation))
-            report.frames += 1
-            report.last_time = time
-            if window.max_frames is not None and report.frames >= window.max_frames:
-                return
-        _check_complete(report, info, window, period)
-
-
-def _color_tags(raw: av.VideoFrame) -> dict[str, int]:
-    """The colour matrix the source uses: the output is encoded with and tagged as it."""
-    if raw.colorspace in (0, 2):  # RGB / unspecified: swscale's default (BT.601) both ways
-        return {}
-    return {"colorspace": int(raw.colorspace)}
-
-
-def _check_complete(
-    report: DecodeReport, info: VideoInfo, window: FrameWindow, period: float
-) -> None:
-    if info.duration is None:
-        return
-    stop = info.duration if window.end is None else min(window.end, info.duration)
-    reached = window.start if report.last_time is None else report.last_time + period
-    slack = 1.5 * period + (1.0 if info.duration_is_container else 0.0)
-    if reached < stop - slack:
-        cause = report.problem or "truncated or corrupt file"
-        report.problem = (
-            f"{cause}: decoded {report.frames} frame(s) up to {reached:.2f} s of {stop:.2f} s; "
-            "the rest could not be read"
-        )
-
-
-_END = object()
-T = TypeVar("T")
-
-
-class FrameReader:
-    """`decode_frames` in a background thread, at most `lookahead` frames ahead."""
-
-    def __init__(
-        self, path: Path, window: FrameWindow, lookahead: int, report: DecodeReport
-    ) -> None:
-        self.report = report
-        self._args = (path, window)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=lookahead)
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="video-decode", daemon=True)
-
-    def __enter__(self) -> FrameReader:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        while self._thread.is_alive():  # unblock a put() waiting on a full queue
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self._thread.join()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            for frame in decode_frames(*self._args, self.report):
-                if not self._put(frame):
-                    return
-        except av.FFmpegError as exc:
-            self._error = DecodeError(f"decoding failed ({_ffmpeg_reason(exc)})")
-        except BaseException as exc:  # handed to the consumer thread, raised there
-            self._error = exc
-        self._put(_END)
-
-    def __iter__(self) -> Iterator[Frame]:
-        while True:
-            item = self._queue.get()
-            if item is _END:
-                if self._error is not None:
-                    raise self._error
-                return
-            yield item
-
-
-# --- the model side ------------------------------------------------------------------
+# --- the model side ----------------------------------------------------------------
 
 
 def predict_frames(
@@ -493,201 +214,6 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 # --- writing -----------------------------------------------------------------------
-
-
-def pick_encoder(requested: str | None = None) -> str:
-    """The encoder to use: `requested` if FFmpeg has it, else the first of DEFAULT_CODECS."""
-    for name in (requested,) if requested else DEFAULT_CODECS:
-        try:
-            av.Codec(name, "w")
-            return name
-        except (av.FFmpegError, ValueError):
-            if requested:
-                raise MrcnnError(f"--codec {requested}: FFmpeg has no such encoder") from None
-    raise MrcnnError(f"FFmpeg can encode none of {', '.join(DEFAULT_CODECS)}")
-
-
-class AudioTrack:
-    """The source's first audio track, carried into the output alongside the frames.
-
-    Packets are copied as they are when MP4 can hold the codec (AAC, MP3, Opus, ...),
-    otherwise decoded and encoded to AAC. `mux_until` is called after each video frame so
-    audio and video stay interleaved without buffering the whole track.
-    """
-
-    def __init__(self, source: Path, out: av.container.OutputContainer) -> None:
-        self._input = av.open(str(source), mode="r")
-        self._in = self._input.streams.audio[0]
-        video = self._input.streams.video[0]
-        self._origin = float((video.start_time or 0) * video.time_base)
-        self._out = out
-        self.copy = self._in.codec_context.name in out.supported_codecs
-        if self.copy:
-            self._stream = out.add_stream_from_template(self._in)
-        else:
-            rate = self._in.codec_context.sample_rate
-            self._stream = out.add_stream("aac", rate=rate if rate in _AAC_RATES else 48000)
-            channels = len(self._in.codec_context.layout.channels)
-            self._stream.layout = _AAC_LAYOUTS.get(channels, "stereo")
-        self._packets: Iterator[av.Packet] = iter(())
-        self._pending: av.Packet | None = None
-        self._t0: float | None = None
-        self._cut = False
-        self._done = False
-
-    def start(self, t0: float, cut: bool) -> None:
-        """The first output frame is at `t0` s of the video; audio before it is dropped
-        when the video was cut (--start), kept (e.g. AAC priming) when it was not."""
-        self._t0, self._cut = t0, cut
-        if cut:
-            offset = int((self._origin + t0) / self._in.time_base)
-            try:
-                self._input.seek(offset, stream=self._in, backward=True)
-            except av.FFmpegError:
-                pass  # read from the start and drop what comes before t0
-        self._packets = self._input.demux(self._in)
-
-    def _next_packet(self) -> av.Packet | None:
-        if self._pending is not None:
-            packet, self._pending = self._pending, None
-            return packet
-        while not self._done:
-            try:
-                packet = next(self._packets)
-            except (StopIteration, av.FFmpegError):  # a cut file: keep what was read
-                self._done = True
-                return None
-            if packet.dts is not None and packet.pts is not None:
-                return packet
-        return None
-
-    def _time(self, packet: av.Packet) -> float:
-        return float(packet.pts * packet.time_base) - self._origin
-
-    def mux_until(self, until: float) -> None:
-        """Write the audio that starts before `until` (seconds of the video)."""
-        if self._t0 is None:
-            return
-        while (packet := self._next_packet()) is not None:
-            start = self._time(packet)
-            if start >= until:
-                self._pending = packet
-                return
-            if self._cut and start < self._t0 - 1e-6:
-                continue
-            self._write(packet)
-
-    def _write(self, packet: av.Packet) -> None:
-        shift = int(round((self._origin + self._t0) / packet.time_base))
-        if self.copy:
-            packet.pts -= shift
-            packet.dts -= shift
-            packet.stream = self._stream
-            self._out.mux(packet)
-            return
-        try:
-            frames = packet.decode()
-        except av.FFmpegError:
-            return
-        for frame in frames:
-            if frame.pts is not None:
-                frame.pts -= shift
-            self._out.mux(self._stream.encode(frame))
-
-    def finish(self, until: float) -> None:
-        self.mux_until(until)
-        if not self.copy:
-            self._out.mux(self._stream.encode(None))
-
-    def close(self) -> None:
-        self._input.close()
-
-
-class VideoEncoder:
-    """An MP4 file at `path`: the annotated frames (H.264 or the fallback) plus the audio.
-
-    Timestamps are the source frames' own, so variable frame rates and audio sync are
-    kept; the stream's nominal rate is the source's.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        source: Path,
-        width: int,
-        height: int,
-        fps: Fraction,
-        codec: str,
-        crf: int,
-        color: dict[str, int],
-        with_audio: bool,
-    ) -> None:
-        self._out = av.open(
-            str(path), mode="w", format="mp4", container_options={"movflags": "+faststart"}
-        )
-        try:
-            self._stream = self._add_video(codec, width, height, fps, crf, color)
-            self.audio = AudioTrack(source, self._out) if with_audio else None
-        except BaseException:
-            self._out.close()
-            raise
-        self._color = color
-        self._t0: float | None = None
-        self._last_pts = -1
-        self._period = 1.0 / float(fps)
-        self._end = 0.0
-
-    def _add_video(
-        self, codec: str, width: int, height: int, fps: Fraction, crf: int, color: dict[str, int]
-    ) -> av.VideoStream:
-        options = {"crf": str(crf), "preset": "veryfast"} if codec == "libx264" else {}
-        stream = self._out.add_stream(codec, rate=fps, options=options)
-        stream.width, stream.height = width, height
-        # 4:2:0 needs even sizes; odd-sized video keeps full chroma instead of being cropped.
-        odd = width % 2 or height % 2
-        stream.pix_fmt = "yuv444p" if odd and codec == "libx264" else "yuv420p"
-        if codec == "mpeg4":  # its default 200 kb/s turns overlays to mush
-            stream.bit_rate = max(1_000_000, int(width * height * float(fps) * 0.25))
-        stream.codec_context.time_base = _TIME_BASE
-        for name, value in color.items():
-            setattr(stream.codec_context, name, value)
-        if color:
-            stream.codec_context.color_range = 1  # limited ("MPEG"), what players assume
-        return stream
-
-    def write(self, image: np.ndarray, time: float) -> None:
-        if self._t0 is None:
-            self._t0 = time
-        rel = time - self._t0
-        pts = max(round(rel / _TIME_BASE), self._last_pts + 1)
-        self._last_pts = pts
-        self._end = max(self._end, rel + self._period)
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        frame = frame.reformat(
-            format=self._stream.pix_fmt,
-            dst_colorspace=self._color.get("colorspace"),
-            dst_color_range=1 if self._color else None,
-        )
-        frame.pts, frame.time_base = pts, self._stream.codec_context.time_base
-        self._out.mux(self._stream.encode(frame))
-        if self.audio is not None:
-            self.audio.mux_until(self._t0 + rel + self._period)
-
-    def start_audio(self, t0: float, cut: bool) -> None:
-        if self.audio is not None:
-            self.audio.start(t0, cut)
-
-    def finish(self) -> None:
-        self._out.mux(self._stream.encode(None))
-        if self.audio is not None and self._t0 is not None:
-            self.audio.finish(self._t0 + self._end)
-
-    def close(self) -> None:
-        try:
-            if self.audio is not None:
-                self.audio.close()
-        finally:
-            self._out.close()
 
 
 class CocoStream:
@@ -989,7 +515,7 @@ def _remove_stale_masks(folder: Path, frames: int) -> None:
             path.unlink(missing_ok=True)
 
 
-# --- the command's job ---------------------------------------------------------------
+# --- the command's job -------------------------------------------------------------
 
 
 def run_videos(
