@@ -247,6 +247,22 @@ def test_roi_pool_option_swaps_both_roi_extractors_and_still_predicts(tiny_check
     assert len(dets) > 0 and dets.masks.shape == (len(dets), 96, 128)
 
 
+def test_a_checkpoint_trained_with_roi_pool_keeps_it_unless_told_otherwise(tmp_path):
+    from dataclasses import replace
+
+    from torchvision.ops import MultiScaleRoIAlign
+
+    path = tmp_path / "pool.pt"
+    save_checkpoint(
+        path, tiny_model().state_dict(), replace(TINY_META, arch_options={"roi_op": "pool"})
+    )
+    assert isinstance(
+        load_model(str(path), device="cpu").model.roi_heads.box_roi_pool, MultiScaleRoIPool
+    )
+    swapped = load_model(str(path), device="cpu", roi_op="align").model.roi_heads.box_roi_pool
+    assert isinstance(swapped, MultiScaleRoIAlign)
+
+
 @pytest.mark.parametrize(
     ("arch_name", "builder"),
     [

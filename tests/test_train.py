@@ -26,8 +26,16 @@ def shapes(tmp_path_factory) -> Path:
 
 def _config(shapes: Path, out: Path, **kw) -> TrainConfig:
     base = TrainConfig(
-        images=shapes / "images", ann=shapes / "instances.json", out=out, steps=6,
-        batch_size=2, lr=0.01, warmup_steps=2, checkpoint_every=3, log_every=1, seed=3,
+        images=shapes / "images",
+        ann=shapes / "instances.json",
+        out=out,
+        steps=6,
+        batch_size=2,
+        lr=0.01,
+        warmup_steps=2,
+        checkpoint_every=3,
+        log_every=1,
+        seed=3,
         threads=2,
     )
     return replace(base, **kw)
@@ -76,8 +84,14 @@ def test_resume_without_a_previous_run_is_a_clear_error(shapes, tmp_path):
 
 
 def test_validation_keeps_the_best_checkpoint_with_its_metrics(shapes, tmp_path):
-    cfg = _config(shapes, tmp_path, steps=2, val_images=shapes / "images",
-                  val_ann=shapes / "instances.json", eval_every=2)
+    cfg = _config(
+        shapes,
+        tmp_path,
+        steps=2,
+        val_images=shapes / "images",
+        val_ann=shapes / "instances.json",
+        eval_every=2,
+    )
     train(cfg)
     best = load_checkpoint(tmp_path / "best.pt")
     assert set(best.extra["metrics"]) >= {"bbox_AP", "segm_AP", "segm_AP50", "segm_AP75"}

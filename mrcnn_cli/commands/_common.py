@@ -73,7 +73,12 @@ MaskThrOpt = Annotated[
     float, typer.Option("--mask-thr", min=0.0, max=1.0, help="Mask probability threshold.")
 ]
 RoiOpOpt = Annotated[
-    str, typer.Option("--roi-op", help="align (RoIAlign, default) or pool (quantised RoIPool).")
+    str | None,
+    typer.Option(
+        "--roi-op",
+        help="align (RoIAlign) or pool (quantised RoIPool); default: the model's own (a "
+        "checkpoint's training setting, else align).",
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
@@ -110,7 +115,7 @@ def model_config(
     max_det: int,
     classes: str | None,
     mask_thr: float,
-    roi_op: str,
+    roi_op: str | None,
     random_weights: int | None,
 ):
     """The model options every inference command shares -> one `ModelConfig`."""

@@ -98,7 +98,7 @@ def eval_command(
         int, typer.Option("--max-det", min=1, help="Model mode: detections per image.")
     ] = 100,
     mask_thr: MaskThrOpt = 0.5,
-    roi_op: RoiOpOpt = "align",
+    roi_op: RoiOpOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decode/write threads.")] = 2,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Model mode: redo images already in --out.")

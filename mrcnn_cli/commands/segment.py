@@ -51,7 +51,7 @@ def segment_command(
     max_det: MaxDetOpt = 100,
     classes: ClassesOpt = None,
     mask_thr: MaskThrOpt = 0.5,
-    roi_op: RoiOpOpt = "align",
+    roi_op: RoiOpOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decode/write threads.")] = 2,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo images already done (default: resume).")

@@ -62,7 +62,7 @@ def train_command(
         eval_every=eval_every,
         max_val_images=max_val_images,
         seed=seed,
-        roi_op=roi_op,
+        roi_op=roi_op or "align",
         threads=threads,
         device=device,
         resume=resume,

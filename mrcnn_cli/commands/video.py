@@ -68,7 +68,7 @@ def video_command(
     max_det: MaxDetOpt = 100,
     classes: ClassesOpt = None,
     mask_thr: MaskThrOpt = 0.5,
-    roi_op: RoiOpOpt = "align",
+    roi_op: RoiOpOpt = None,
     codec: Annotated[
         str | None,
         typer.Option(
