@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from mrcnn_cli.errors import FailedItem, MrcnnError
 from mrcnn_cli.inference import predict
 from mrcnn_cli.journal import Journal, settings_hash, write_failures
 from mrcnn_cli.models import LoadedModel, load_model
-from mrcnn_cli.models.loading import bundled_or_path
+from mrcnn_cli.models.loading import bundled_or_path, default_batch_size
 from mrcnn_cli.postprocess import resolve_class_filter
 from mrcnn_cli.progress import ProgressReporter, RunSummary
 from mrcnn_cli.sources import SourceItem, collect_sources
@@ -80,7 +80,7 @@ class SegmentConfig:
     inputs: tuple[str, ...]
     out: Path
     model: ModelConfig = field(default_factory=ModelConfig)
-    batch_size: int = 2
+    batch_size: int | None = None  # None: default_batch_size() for the device
     save: tuple[str, ...] = ("overlay", "coco")
     mask_format: str = "instance"
     ann: Path | None = None
@@ -95,7 +95,7 @@ class SegmentConfig:
             raise MrcnnError(f"--save takes a comma-separated subset of {', '.join(SAVE_KINDS)}")
         if self.mask_format not in MASK_FORMATS:
             raise MrcnnError(f"--mask-format must be one of {', '.join(MASK_FORMATS)}")
-        if self.batch_size < 1 or self.workers < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.workers < 1:
             raise MrcnnError("--batch-size and --workers must be at least 1")
 
     def output_settings(self) -> dict[str, Any]:
@@ -236,6 +236,7 @@ def segment(
     items = [it for it in items if it.kind == "image"]
     prepare_output(cfg.out)
     loaded = loaded or cfg.model.load()
+    cfg = replace(cfg, batch_size=default_batch_size(loaded.device, cfg.batch_size))
     keep = resolve_class_filter(cfg.model.classes, loaded.class_names, loaded.category_ids)
     journal = Journal(cfg.out)
     if cfg.overwrite:

@@ -54,7 +54,7 @@ class EvalConfig:
     plots: bool = True
     top_classes: int = 6
     model: ModelConfig | None = None
-    batch_size: int = 2
+    batch_size: int | None = None
     workers: int = 2
     overwrite: bool = False
 

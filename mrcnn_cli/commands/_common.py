@@ -61,7 +61,16 @@ DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto picks CUDA if present).")
 ]
 HalfOpt = Annotated[bool, typer.Option("--half", help="fp16 inference (CUDA only).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward.")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        min=1,
+        help="Images per forward (default: 1 on the CPU, where batching only adds padding; "
+        "4 on CUDA).",
+    ),
+]
 MaxDetOpt = Annotated[
     int, typer.Option("--max-det", min=1, help="At most this many detections per image.")
 ]

@@ -84,7 +84,7 @@ def eval_command(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     half: HalfOpt = False,
-    batch_size: BatchOpt = 2,
+    batch_size: BatchOpt = None,
     score_thr: Annotated[
         float,
         typer.Option(

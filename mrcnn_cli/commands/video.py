@@ -63,7 +63,7 @@ def video_command(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     half: HalfOpt = False,
-    batch_size: BatchOpt = 2,
+    batch_size: BatchOpt = None,
     score_thr: Annotated[float, typer.Option("--score-thr", help="Minimum score.")] = 0.5,
     max_det: MaxDetOpt = 100,
     classes: ClassesOpt = None,

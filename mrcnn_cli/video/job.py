@@ -26,6 +26,7 @@ from mrcnn_cli.errors import DecodeError, FailedItem, MrcnnError
 from mrcnn_cli.inference import predict
 from mrcnn_cli.journal import Journal, settings_hash, write_failures
 from mrcnn_cli.models import LoadedModel
+from mrcnn_cli.models.loading import default_batch_size
 from mrcnn_cli.postprocess import resolve_class_filter
 from mrcnn_cli.progress import ProgressReporter, RunSummary
 from mrcnn_cli.sources import SourceItem, collect_sources
@@ -65,7 +66,7 @@ class VideoConfig:
     inputs: tuple[str, ...] = ()
     out: Path = Path("results")
     model: ModelConfig = field(default_factory=ModelConfig)
-    batch_size: int = 2
+    batch_size: int | None = None  # None: default_batch_size() for the device
     stride: int = 1
     start: float = 0.0
     end: float | None = None
@@ -80,7 +81,7 @@ class VideoConfig:
         unknown = set(self.save) - set(SAVE_KINDS)
         if unknown or not self.save:
             raise MrcnnError(f"--save takes a comma-separated subset of {', '.join(SAVE_KINDS)}")
-        if self.batch_size < 1 or self.stride < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.stride < 1:
             raise MrcnnError("--batch-size and --stride must be at least 1")
         if self.max_frames is not None and self.max_frames < 1:
             raise MrcnnError("--max-frames must be at least 1")
@@ -531,6 +532,7 @@ def run_videos(
         raise MrcnnError("no inputs given")
     prepare_output(cfg.out)
     loaded = loaded or cfg.model.load()
+    cfg = replace(cfg, batch_size=default_batch_size(loaded.device, cfg.batch_size))
     keep = resolve_class_filter(cfg.model.classes, loaded.class_names, loaded.category_ids)
     window = FrameWindow(cfg.start, cfg.end, cfg.max_frames)
 
