@@ -91,7 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--images", type=Path, default=COCO_IMAGES)
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the tool's own")
     ap.add_argument("--arch", default="maskrcnn_resnet50_fpn")
     ap.add_argument("--large", action="store_true", help="one 4000x3000 image instead")
     ap.add_argument("--skip-baseline", action="store_true")
@@ -120,10 +120,10 @@ def main() -> None:
             "0",
             "--save",
             "overlay,masks,coco",
-            "--batch-size",
-            str(args.batch_size),
             "--quiet",
         ]
+        if args.batch_size:
+            ours_cmd += ["--batch-size", str(args.batch_size)]
         rows["mrcnn segment"] = run_measured(ours_cmd)
         if not args.skip_baseline:
             (tmp / "base").mkdir()
