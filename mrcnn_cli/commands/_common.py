@@ -71,6 +71,8 @@ BatchOpt = Annotated[
         "4 on CUDA).",
     ),
 ]
+ScoreThrOpt = Annotated[float, typer.Option("--score-thr", help="Minimum score.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Decode/write threads.")]
 MaxDetOpt = Annotated[
     int, typer.Option("--max-det", min=1, help="At most this many detections per image.")
 ]

@@ -20,6 +20,7 @@ from mrcnn_cli.commands._common import (
     RandomWeightsOpt,
     RoiOpOpt,
     WeightsOpt,
+    WorkersOpt,
     err_console,
     model_config,
     parse_classes,
@@ -99,7 +100,7 @@ def eval_command(
     ] = 100,
     mask_thr: MaskThrOpt = 0.5,
     roi_op: RoiOpOpt = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode/write threads.")] = 2,
+    workers: WorkersOpt = 2,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Model mode: redo images already in --out.")
     ] = False,

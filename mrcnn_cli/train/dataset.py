@@ -65,6 +65,7 @@ class CocoInstanceDataset:
         ann_path = Path(ann_path)
         self.ann_path = ann_path
         data = _load_json(ann_path)
+        self.coco_dict = data  # kept: validation builds its COCO index from it
         if not self.images_dir.is_dir():
             raise MrcnnError(f"images folder not found: {self.images_dir}")
         self.categories = [Category(int(c["id"]), str(c["name"])) for c in data["categories"]]

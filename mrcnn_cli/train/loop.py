@@ -176,7 +176,7 @@ def evaluate_model(
             results.extend(detections_to_results(dets, int(dataset.images[i]["id"])))
     roi.score_thresh, roi.detections_per_img = saved
     model.train(was_training)
-    gt = quiet_coco(_gt_dict(dataset))
+    gt = quiet_coco(dataset.coco_dict)
     img_ids = [int(dataset.images[i]["id"]) for i in range(count)]
     out = {}
     for iou_type in ("bbox", "segm"):
@@ -185,12 +185,6 @@ def evaluate_model(
             {f"{iou_type}_{k}": v for k, v in m.as_dict().items() if k in ("AP", "AP50", "AP75")}
         )
     return out
-
-
-def _gt_dict(dataset: CocoInstanceDataset) -> dict[str, Any]:
-    import json
-
-    return json.loads(Path(dataset.ann_path).read_text())
 
 
 # ----------------------------------------------------------------------------- the loop
