@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 
 @dataclass
@@ -15,6 +18,9 @@ class Detections:
     indices (index into `class_names`); masks: bool [N, H, W] or None;
     class_names / category_ids: per label index (category_ids are COCO ids).
     Filter with a boolean or integer index: `dets[dets.scores > 0.5]`.
+
+    >>> people = dets[np.array(dets.names) == "person"]
+    >>> results = people.to_coco(image_id=42)   # what `--save coco` writes for it
     """
 
     boxes: np.ndarray
@@ -60,6 +66,58 @@ class Detections:
     def coco_category_ids(self) -> list[int]:
         return [int(self.category_ids[i]) for i in self.labels]
 
+    def to_coco(self, image_id: int) -> list[dict[str, Any]]:
+        """COCO results, one per detection in order: bbox xywh (2 decimals), score (5), RLE.
+
+        Exactly the entries `mrcnn segment --save coco` writes for this image.
+        """
+        boxes = xyxy_to_xywh(self.boxes)
+        category_ids = self.coco_category_ids
+        results = []
+        for i in range(len(self)):
+            entry: dict[str, Any] = {
+                "image_id": int(image_id),
+                "category_id": category_ids[i],
+                "bbox": [round(float(v), 2) for v in boxes[i]],
+                "score": round(float(self.scores[i]), 5),
+            }
+            if self.masks is not None:
+                entry["segmentation"] = encode_rle(self.masks[i])
+            results.append(entry)
+        return results
+
+    @classmethod
+    def from_coco(
+        cls,
+        results: Iterable[Mapping[str, Any]],
+        height: int,
+        width: int,
+        class_names: tuple[str, ...],
+        category_ids: tuple[int, ...],
+        with_masks: bool = True,
+    ) -> Detections:
+        """Back from COCO results of one image (RLE or polygon masks; boxes xywh).
+
+        Category ids are mapped to label indices through `category_ids`; masks are
+        decoded at `height` x `width` (entries without a segmentation get an empty mask).
+        """
+        entries = list(results)
+        label_of = {int(c): i for i, c in enumerate(category_ids)}
+        boxes = np.array([e["bbox"] for e in entries], np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        masks = np.zeros((len(entries), height, width), bool) if with_masks else None
+        for i, entry in enumerate(entries):
+            if masks is not None and entry.get("segmentation") is not None:
+                masks[i] = decode_segmentation(entry["segmentation"], height, width)
+        return cls(
+            boxes=boxes,
+            scores=[float(e["score"]) for e in entries],
+            labels=[label_of[int(e["category_id"])] for e in entries],
+            masks=masks,
+            class_names=class_names,
+            category_ids=category_ids,
+        )
+
     @classmethod
     def empty(
         cls, height: int, width: int, class_names: tuple[str, ...], category_ids: tuple[int, ...]
@@ -78,3 +136,23 @@ def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     out = np.asarray(boxes, dtype=np.float32).copy()
     out[:, 2:] -= out[:, :2]
     return out
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO compressed RLE of a bool [H, W] mask, `counts` as str so it is JSON-ready."""
+    if mask.ndim != 2:
+        raise ValueError(f"expected an [H, W] mask, got shape {mask.shape}")
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode()}
+
+
+def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
+    """A COCO segmentation (compressed or uncompressed RLE, or polygons) -> bool [H, W]."""
+    if isinstance(segm, dict) and isinstance(segm.get("counts"), str):
+        rle = {"size": segm["size"], "counts": segm["counts"].encode()}
+    elif isinstance(segm, dict) and isinstance(segm.get("counts"), bytes):
+        rle = segm
+    else:
+        rles = mask_utils.frPyObjects(segm, height, width)
+        rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
+    return mask_utils.decode(rle).astype(bool)

@@ -13,114 +13,39 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mrcnn_cli.decode import DEFAULT_MAX_PIXELS, decode_image_safe
+from mrcnn_cli.config import SegmentConfig
+from mrcnn_cli.decode import decode_image_safe
 from mrcnn_cli.detections import Detections
-from mrcnn_cli.errors import FailedItem, MrcnnError
-from mrcnn_cli.inference import predict
+from mrcnn_cli.errors import FailedItem
+from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
 from mrcnn_cli.journal import Journal, settings_hash, write_failures
-from mrcnn_cli.models import LoadedModel, load_model
-from mrcnn_cli.models.loading import bundled_or_path, default_batch_size
-from mrcnn_cli.postprocess import resolve_class_filter
-from mrcnn_cli.progress import ProgressReporter, RunSummary
-from mrcnn_cli.sources import SourceItem, collect_sources
-from mrcnn_cli.writers.coco import (
-    assign_image_ids,
-    detections_to_results,
-    image_ids_from_annotations,
-    write_images_file,
-    write_predictions,
-)
-from mrcnn_cli.writers.masks import MASK_FORMATS, write_masks
-from mrcnn_cli.writers.overlay import OverlayStyle, overlay_path, write_overlay
+from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
+from mrcnn_cli.runs import model_fingerprint, prepare_run
+from mrcnn_cli.segmenter import ImageError, Segmenter
+from mrcnn_cli.sources import SourceItem
+from mrcnn_cli.video.job import process_video
+from mrcnn_cli.writers.coco import assign_image_ids, write_images_file, write_predictions
+from mrcnn_cli.writers.masks import write_masks
+from mrcnn_cli.writers.overlay import overlay_path, write_overlay
 
-SAVE_KINDS = ("overlay", "masks", "coco")
 PREDICTIONS_FILE = "predictions.json"
 IMAGES_FILE = "images.json"
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which network, where, and the detection settings: shared by segment, video, eval."""
-
-    model: str = "maskrcnn_resnet50_fpn"
-    weights: str | None = None
-    device: str = "auto"
-    half: bool = False
-    score_thr: float = 0.5
-    max_det: int = 100
-    classes: tuple[str, ...] | None = None
-    mask_thr: float = 0.5
-    roi_op: str | None = None
-    random_init_seed: int | None = None  # tests and benchmarks: seeded random weights
-
-    def load(self) -> LoadedModel:
-        if not 0.0 <= self.score_thr <= 1.0 or not 0.0 <= self.mask_thr <= 1.0:
-            raise MrcnnError("--score-thr and --mask-thr must be between 0 and 1")
-        overrides = {"box_score_thresh": self.score_thr, "box_detections_per_img": self.max_det}
-        return load_model(
-            self.model,
-            self.weights,
-            self.device,
-            self.half,
-            self.roi_op,
-            overrides,
-            self.random_init_seed,
-        )
-
-
-@dataclass(frozen=True)
-class SegmentConfig:
-    inputs: tuple[str, ...]
-    out: Path
-    model: ModelConfig = field(default_factory=ModelConfig)
-    batch_size: int | None = None  # None: default_batch_size() for the device
-    save: tuple[str, ...] = ("overlay", "coco")
-    mask_format: str = "instance"
-    ann: Path | None = None
-    overwrite: bool = False
-    workers: int = 2
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    overlay_style: OverlayStyle = field(default_factory=OverlayStyle)
-
-    def validate(self) -> None:
-        unknown = set(self.save) - set(SAVE_KINDS)
-        if unknown or not self.save:
-            raise MrcnnError(f"--save takes a comma-separated subset of {', '.join(SAVE_KINDS)}")
-        if self.mask_format not in MASK_FORMATS:
-            raise MrcnnError(f"--mask-format must be one of {', '.join(MASK_FORMATS)}")
-        if (self.batch_size is not None and self.batch_size < 1) or self.workers < 1:
-            raise MrcnnError("--batch-size and --workers must be at least 1")
-
-    def output_settings(self) -> dict[str, Any]:
-        """What changes an image's outputs: a rerun with other values redoes the image."""
-        m = asdict(self.model)
-        m.pop("device")
-        return {
-            "model": m,
-            "model_files": [
-                file_fingerprint(bundled_or_path(self.model.model)),
-                file_fingerprint(self.model.weights),
-            ],
-            "save": sorted(self.save),
-            "mask_format": self.mask_format,
-            "style": asdict(self.overlay_style),
-        }
-
-
-def file_fingerprint(path: str | None) -> list[Any] | None:
-    """Size and mtime of a checkpoint file, so a retrained model at the same path counts
-    as a change of settings (hashing a 100 MB file on every run would cost more)."""
-    if not path or not Path(path).is_file():
-        return None
-    st = Path(path).stat()
-    return [st.st_size, st.st_mtime_ns]
+def output_settings(cfg: SegmentConfig, batch_size: int) -> dict[str, Any]:
+    """What decides an image's output bytes: options, model files, and the batch size
+    (an image's numbers depend on its batch-mates' padding)."""
+    return {
+        **cfg.output_settings(),
+        "model_files": model_fingerprint(cfg.model),
+        "batch_size": batch_size,
+    }
 
 
 @dataclass
@@ -198,7 +123,7 @@ class ImageWriter:
         if "masks" in self.cfg.save:
             write_masks(out, item.rel, dets, h, w, self.cfg.mask_format)
         image_id = self.image_ids[str(item.rel)]
-        results = detections_to_results(dets, image_id) if "coco" in self.cfg.save else []
+        results = dets.to_coco(image_id) if "coco" in self.cfg.save else []
         self.journal.record(
             item.rel,
             source=item.path,
@@ -211,50 +136,38 @@ class ImageWriter:
         return len(dets)
 
 
-def prepare_output(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".mrcnn-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise MrcnnError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
-
-
-def segment(
+def run_segment(
     cfg: SegmentConfig,
-    enabled_progress: bool = True,
-    quiet: bool = False,
-    loaded: LoadedModel | None = None,
+    progress: ProgressListener | None = None,
+    segmenter: Segmenter | None = None,
 ) -> RunSummary:
-    """Run the whole job; per-file problems end up in the summary, not as exceptions."""
+    """Run the whole job; per-file problems end up in the summary, not as exceptions.
+
+    `segmenter` reuses a loaded model (else one is built from `cfg.model`); `progress`
+    is told about every item (the CLI draws a bar; None runs silent).
+    """
     cfg.validate()
-    items, failures = collect_sources(cfg.inputs, kinds=frozenset({"image", "video"}))
-    if not items and not failures:
-        raise MrcnnError("no inputs given")
-    videos = [it for it in items if it.kind == "video"]  # each counts as one item here
-    items = [it for it in items if it.kind == "image"]
-    prepare_output(cfg.out)
-    loaded = loaded or cfg.model.load()
-    cfg = replace(cfg, batch_size=default_batch_size(loaded.device, cfg.batch_size))
-    keep = resolve_class_filter(cfg.model.classes, loaded.class_names, loaded.category_ids)
+    run = prepare_run(
+        cfg.inputs, frozenset({"image", "video"}), cfg.out, cfg.model, cfg.batch_size, segmenter
+    )
+    videos = [it for it in run.items if it.kind == "video"]  # each counts as one item here
+    items = [it for it in run.items if it.kind == "image"]
     journal = Journal(cfg.out)
     if cfg.overwrite:
         journal.clear()
-    digest = settings_hash(cfg.output_settings())
+    digest = settings_hash(output_settings(cfg, run.batch_size))
     known = image_ids_from_annotations(cfg.ann) if cfg.ann else None
     image_ids = assign_image_ids([it.rel for it in items], known)
     writer = ImageWriter(cfg, journal, digest, image_ids)
 
-    with ProgressReporter(
-        len(items) + len(videos) + len(failures), enabled=enabled_progress, quiet=quiet
-    ) as progress:
-        for failed in failures:
-            progress.fail(failed)
+    total = len(items) + len(videos) + len(run.failures)
+    with Tally(total, listener=progress) as tally:
+        for failed in run.failures:
+            tally.fail(failed)
         todo = []
         for it in items:
             if journal.is_done(it.rel, digest):
-                progress.skip()
+                tally.skip()
             else:
                 todo.append(it)
 
@@ -264,33 +177,31 @@ def segment(
             # A file that fails now must not keep results from an earlier run.
             if str(item.path) in rel_of:
                 journal.forget(rel_of[str(item.path)])
-            progress.fail(item)
+            tally.fail(item)
 
-        _run(cfg, loaded, keep, items, todo, writer, progress, fail)
-        if videos:  # frames go through the same predict(); outputs as `mrcnn video` writes them
-            from mrcnn_cli.video import VideoConfig, process_video
-
-            video_cfg = VideoConfig.from_segment(cfg)
+        _run(cfg, run.segmenter, run.batch_size, items, todo, writer, tally, fail)
+        if videos:  # frames go through the same Segmenter; outputs as `mrcnn video` writes them
+            video_cfg = cfg.video_config()
             for video in videos:
-                process_video(video, video_cfg, loaded, keep).report_as_item(progress)
+                process_video(video, video_cfg, run.segmenter, run.batch_size).count_in(tally)
 
         if "coco" in cfg.save:
             results, images = journal.assemble([it.rel for it in items], digest, image_ids)
             write_predictions(cfg.out / PREDICTIONS_FILE, results)
             write_images_file(cfg.out / IMAGES_FILE, images)
-        summary = progress.summary()
+        summary = tally.summary()
     write_failures(cfg.out, summary.failed)
     return summary
 
 
 def _run(
     cfg: SegmentConfig,
-    loaded: LoadedModel,
-    keep: frozenset[int] | None,
+    segmenter: Segmenter,
+    batch_size: int,
     items: Sequence[SourceItem],
     todo: Sequence[SourceItem],
     writer: ImageWriter,
-    progress: ProgressReporter,
+    tally: Tally,
     fail: Callable[[FailedItem], None],
 ) -> None:
     to_do = {str(it.path) for it in todo}
@@ -299,8 +210,8 @@ def _run(
         if str(item.path) in to_do:
             fail(item)
 
-    groups = batch_groups(items, todo, cfg.batch_size)
-    lookahead = max(2 * cfg.batch_size, cfg.workers)
+    groups = batch_groups(items, todo, batch_size)
+    lookahead = max(2 * batch_size, cfg.workers)
     flat = [it for group in groups for it in group]
     decoded = decode_ahead(flat, cfg.workers, lookahead, cfg.max_pixels)
     with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="write") as pool:
@@ -310,38 +221,16 @@ def _run(
             while len(in_flight) > limit:
                 done, fut = in_flight.popleft()
                 try:
-                    progress.advance(detections=fut.result())
+                    tally.advance(detections=fut.result())
                 except (OSError, ValueError) as exc:
                     fail(FailedItem(done.item.path, f"cannot write outputs: {exc}"))
 
         for batch in batched(decoded, [len(g) for g in groups], fail_todo):
-            for done, dets in zip(batch, _predict_batch(loaded, batch, cfg, keep, fail_todo)):
-                if dets is not None and str(done.item.path) in to_do:
+            predicted = segmenter.predict_batch([d.image for d in batch])
+            for done, dets in zip(batch, predicted, strict=True):
+                if isinstance(dets, ImageError):
+                    fail_todo(FailedItem(done.item.path, dets.reason))
+                elif str(done.item.path) in to_do:
                     in_flight.append((done, pool.submit(writer, done, dets)))
-            drain(limit=2 * cfg.batch_size)
+            drain(limit=2 * batch_size)
         drain(limit=0)
-
-
-def _predict_batch(
-    loaded: LoadedModel,
-    batch: list[Decoded],
-    cfg: SegmentConfig,
-    keep: frozenset[int] | None,
-    fail: Callable[[FailedItem], None],
-) -> list[Detections | None]:
-    """Predict a batch; if it runs out of memory, retry image by image so one huge
-    image fails alone instead of taking its batch-mates with it."""
-    images = [d.image for d in batch]
-    try:
-        return list(predict(loaded, images, cfg.model.mask_thr, keep))
-    except (MemoryError, RuntimeError) as exc:
-        if "out of memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
-            raise
-    out: list[Detections | None] = []
-    for d in batch:
-        try:
-            out.extend(predict(loaded, [d.image], cfg.model.mask_thr, keep))
-        except (MemoryError, RuntimeError) as exc:
-            fail(FailedItem(d.item.path, f"out of memory in the model ({type(exc).__name__})"))
-            out.append(None)
-    return out

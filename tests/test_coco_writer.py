@@ -13,15 +13,13 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mrcnn_cli.detections import Detections
+from mrcnn_cli.detections import Detections, encode_rle
 from mrcnn_cli.errors import MrcnnError
+from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
 from mrcnn_cli.writers.coco import (
     assign_image_ids,
-    detections_to_results,
-    encode_rle,
     image_entry,
     image_id_for,
-    image_ids_from_annotations,
     write_images_file,
     write_predictions,
 )
@@ -71,18 +69,18 @@ def test_encode_rle_is_json_ready() -> None:
 
 
 def test_results_carry_xywh_boxes_rounded_to_two_decimals() -> None:
-    results = detections_to_results(rect_dets(), image_id=7)
+    results = rect_dets().to_coco(7)
     assert results[0]["bbox"] == [3.0, 2.0, 9.0, 8.0]
     assert results[1]["bbox"] == [15.12, 5.46, 13.88, 12.54]
 
 
 def test_results_carry_coco_category_ids_not_label_indices() -> None:
-    results = detections_to_results(rect_dets(), image_id=7)
+    results = rect_dets().to_coco(7)
     assert [r["category_id"] for r in results] == [1, 3]
 
 
 def test_results_keep_detection_order_image_id_and_rounded_scores() -> None:
-    results = detections_to_results(rect_dets(), image_id=7)
+    results = rect_dets().to_coco(7)
     assert [r["score"] for r in results] == [0.98765, 0.5]
     assert all(r["image_id"] == 7 for r in results)
 
@@ -90,7 +88,7 @@ def test_results_keep_detection_order_image_id_and_rounded_scores() -> None:
 def test_results_without_masks_have_no_segmentation() -> None:
     dets = rect_dets()
     dets.masks = None
-    assert all("segmentation" not in r for r in detections_to_results(dets, 1))
+    assert all("segmentation" not in r for r in dets.to_coco(1))
 
 
 def test_perfect_results_score_ap_one_against_a_tiny_ground_truth() -> None:
@@ -107,7 +105,7 @@ def test_perfect_results_score_ap_one_against_a_tiny_ground_truth() -> None:
             ],
         }
     )  # fmt: skip
-    assert evaluate(gt, detections_to_results(dets, 7), "segm", [7]) == pytest.approx(1.0)
+    assert evaluate(gt, dets.to_coco(7), "segm", [7]) == pytest.approx(1.0)
 
 
 def coco_image_as_detections(gt: COCO, image_id: int) -> Detections:
@@ -132,11 +130,11 @@ def test_real_coco_ground_truth_round_trips_to_ap_one(iou_type: str) -> None:
     image_id = 139  # 20 instances of 10 classes, none crowd
     dets = coco_image_as_detections(gt, image_id)
     assert len(dets) > 10
-    assert evaluate(gt, detections_to_results(dets, image_id), iou_type, [image_id]) == 1.0
+    assert evaluate(gt, dets.to_coco(image_id), iou_type, [image_id]) == 1.0
 
 
 def test_written_predictions_and_images_read_back(tmp_path: Path) -> None:
-    results = detections_to_results(rect_dets(), 7)
+    results = rect_dets().to_coco(7)
     write_predictions(tmp_path / "predictions.json", results)
     write_images_file(tmp_path / "images.json", [image_entry(7, "sub/a.jpg", 30, 20)])
     assert json.loads((tmp_path / "predictions.json").read_text()) == results
@@ -173,10 +171,12 @@ def test_real_coco_annotation_file_gives_real_ids() -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "cannot read"),
+        (None, "annotations file not found"),
         ("{not json", "not valid JSON"),
         ('{"annotations": []}', "not a COCO annotation file"),
-        ('{"images": [{"id": 1}]}', "lacks 'file_name'"),
+        ('{"images": [{"id": 1}]}', "has no 'file_name'"),
+        ('{"images": [{"id": "a", "file_name": "x.jpg"}]}', "no integer 'id'"),
+        ('{"images": [{"id": 1.5, "file_name": "x.jpg"}]}', "no integer 'id'"),
     ],
 )
 def test_bad_annotation_files_raise_a_clear_user_error(

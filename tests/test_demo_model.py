@@ -1,4 +1,4 @@
-"""The shipped demo model (weights/demo_shapes.pt) really segments the bundled examples.
+"""The shipped demo model (mrcnn_cli/bundled/demo_shapes.pt) really segments the bundled examples.
 
 Ground truth is the generator's own exact masks (examples/instances.json), so this is a
 test of accuracy, not just of plumbing: every object must be found with its class and a
@@ -16,12 +16,11 @@ from pycocotools import mask as mask_utils
 from typer.testing import CliRunner
 
 from mrcnn_cli.cli import app
-from mrcnn_cli.models.loading import BUNDLED_MODELS
-from mrcnn_cli.models.weights import PROJECT_WEIGHTS_DIR
+from mrcnn_cli.models.bundled import bundled_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-DEMO = PROJECT_WEIGHTS_DIR / BUNDLED_MODELS["demo"]
+DEMO = bundled_model_path("demo")
 
 
 @pytest.fixture(scope="module")

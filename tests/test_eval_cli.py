@@ -17,9 +17,9 @@ from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
 from mrcnn_cli.cli import app
+from mrcnn_cli.detections import encode_rle
 from mrcnn_cli.errors import MrcnnError
-from mrcnn_cli.evaluate import STAT_NAMES
-from mrcnn_cli.writers.coco import encode_rle
+from mrcnn_cli.evaluation.metrics import STAT_NAMES
 
 COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_val_mini"
 ANN = COCO_MINI / "instances.json"
@@ -335,7 +335,7 @@ def test_usage_errors_are_one_line_and_exit_2(pred_file, tmp_path, args, message
 
 # ----------------------------------------------------------------------------- model mode
 def test_roi_op_is_passed_to_the_model_loader(monkeypatch, tmp_path):
-    import mrcnn_cli.engine as engine
+    import mrcnn_cli.segmenter as segmenter
 
     seen = {}
 
@@ -343,7 +343,7 @@ def test_roi_op_is_passed_to_the_model_loader(monkeypatch, tmp_path):
         seen.update(spec=spec, roi_op=roi_op, overrides=overrides)
         raise MrcnnError("stop here")
 
-    monkeypatch.setattr(engine, "load_model", fake_load_model)
+    monkeypatch.setattr(segmenter, "load_model", fake_load_model)
     result = mrcnn("eval", "--images", IMAGES, "--ann", ANN, "-o", tmp_path, "--roi-op", "pool",
                    "--max-images", "1", *FAST)  # fmt: skip
     assert result.exit_code == 2 and "stop here" in result.stderr

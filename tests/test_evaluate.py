@@ -11,21 +11,23 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from mrcnn_cli.detections import encode_rle
 from mrcnn_cli.errors import MrcnnError
-from mrcnn_cli.evaluate import (
-    STAT_NAMES,
+from mrcnn_cli.evaluation.coco_io import (
     GroundTruth,
-    ImageScore,
     check_results,
-    evaluate_type,
-    image_scores,
     load_ground_truth,
-    pr_curve,
     read_results_file,
     resolve_classes,
+)
+from mrcnn_cli.evaluation.metrics import (
+    STAT_NAMES,
+    ImageScore,
+    evaluate_type,
+    image_scores,
+    pr_curve,
     worst_images,
 )
-from mrcnn_cli.writers.coco import encode_rle
 
 # COCOeval's precision is tp / (tp + fp + eps): a perfect score is 1 - 2e-16, not 1.0.
 ONE = pytest.approx(1.0, abs=1e-12)

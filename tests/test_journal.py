@@ -11,7 +11,6 @@ import numpy as np
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.errors import FailedItem
 from mrcnn_cli.journal import Journal, settings_hash, write_failures
-from mrcnn_cli.writers.coco import detections_to_results
 
 HASH = "settings-a"
 RELS = ["a.jpg", "sub/b.jpg", "c.png"]
@@ -24,7 +23,7 @@ def results_for(seed: int, image_id: int) -> list[dict]:
     masks = rng.random((n, 9, 11)) > 0.5
     boxes = np.sort(rng.random((n, 4)) * 10, axis=1)
     dets = Detections(boxes, rng.random(n), np.ones(n), masks, ("bg", "x"), (0, 1))
-    return detections_to_results(dets, image_id)
+    return dets.to_coco(image_id)
 
 
 def record(journal: Journal, index: int, settings: str = HASH) -> None:

@@ -13,12 +13,12 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from mrcnn_cli.errors import MrcnnError, WeightsNotFoundError
-from mrcnn_cli.inference import predict
-from mrcnn_cli.models import load_model
 from mrcnn_cli.models.architectures import ARCHITECTURES, get_architecture
 from mrcnn_cli.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from mrcnn_cli.models.loading import load_model
 from mrcnn_cli.models.roi_ops import MultiScaleRoIPool
 from mrcnn_cli.models.weights import resolve_weights
+from mrcnn_cli.segmenter import Segmenter
 
 V1, V2 = "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"
 V1_FILE = "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
@@ -243,7 +243,7 @@ def test_roi_pool_option_swaps_both_roi_extractors_and_still_predicts(tiny_check
     assert isinstance(heads.mask_roi_pool, MultiScaleRoIPool)
     assert heads.box_roi_pool.output_size == (7, 7) and heads.mask_roi_pool.output_size == (14, 14)
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-    dets = predict(loaded, [image])[0]
+    dets = Segmenter.from_loaded(loaded)(image)
     assert len(dets) > 0 and dets.masks.shape == (len(dets), 96, 128)
 
 

@@ -11,10 +11,9 @@ from torchvision.models.detection.roi_heads import expand_boxes, paste_masks_in_
 
 from mrcnn_cli.decode import decode_image
 from mrcnn_cli.errors import MrcnnError
-from mrcnn_cli.inference import predict
-from mrcnn_cli.models import load_model
 from mrcnn_cli.models.architectures import coco_class_names
 from mrcnn_cli.postprocess import expanded_int_boxes, paste_masks, resolve_class_filter
+from mrcnn_cli.segmenter import Segmenter
 
 HEIGHT, WIDTH, M = 61, 83, 28
 
@@ -125,14 +124,10 @@ def test_background_and_unused_coco_slots_are_not_classes(entry):
 def test_class_filter_drops_other_labels_and_leaves_the_kept_ones_unchanged(
     tiny_checkpoint, coco_images
 ):
-    loaded = load_model(
-        str(tiny_checkpoint),
-        device="cpu",
-        overrides={"box_score_thresh": 0.0, "box_detections_per_img": 30},
-    )
+    settings = {"device": "cpu", "score_thr": 0.0, "max_det": 30}
     image = decode_image(coco_images / "000000000139.jpg")
-    everything = predict(loaded, [image])[0]
-    circles = predict(loaded, [image], keep_labels=frozenset({1}))[0]
+    everything = Segmenter(str(tiny_checkpoint), **settings)(image)
+    circles = Segmenter(str(tiny_checkpoint), classes=["circle"], **settings)(image)
     assert set(everything.labels.tolist()) > {1}, "the model must find several classes"
     expected = everything[everything.labels == 1]
     assert len(circles) == len(expected) > 0

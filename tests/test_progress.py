@@ -8,8 +8,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from mrcnn_cli.commands._progress import RichProgress, print_summary
 from mrcnn_cli.errors import FailedItem
-from mrcnn_cli.progress import ProgressReporter, RunSummary, print_summary, summary_json
+from mrcnn_cli.progress import RunSummary, Tally, summary_json
 
 BAD = FailedItem(Path("/data/in/broken.jpg"), "not an image (0 bytes)")
 
@@ -19,18 +20,16 @@ def console(terminal: bool) -> tuple[Console, io.StringIO]:
     return Console(file=buffer, force_terminal=terminal, width=200), buffer
 
 
-def run_three(reporter: ProgressReporter) -> None:
-    with reporter:
-        reporter.skip()
-        reporter.advance(detections=4)
-        reporter.fail(BAD)
+def run_three(listener: RichProgress | None = None) -> Tally:
+    with Tally(3, listener=listener) as tally:
+        tally.skip()
+        tally.advance(detections=4)
+        tally.fail(BAD)
+    return tally
 
 
-def test_reporter_counts_processed_skipped_failed_and_detections() -> None:
-    con, _ = console(terminal=False)
-    reporter = ProgressReporter(3, console=con)
-    run_three(reporter)
-    summary = reporter.summary()
+def test_tally_counts_processed_skipped_failed_and_detections() -> None:
+    summary = run_three().summary()
     assert (summary.total, summary.processed, summary.skipped) == (3, 1, 1)
     assert summary.failed == [BAD] and summary.detections == 4
     assert summary.seconds > 0
@@ -38,43 +37,42 @@ def test_reporter_counts_processed_skipped_failed_and_detections() -> None:
 
 def test_a_failure_prints_one_line_with_the_file_and_the_reason() -> None:
     con, buffer = console(terminal=False)
-    run_three(ProgressReporter(3, console=con, enabled=False))
+    run_three(RichProgress(enabled=False, console=con))
     lines = [line for line in buffer.getvalue().splitlines() if line.strip()]
     assert lines == ["failed /data/in/broken.jpg: not an image (0 bytes)"]
 
 
 def test_a_path_with_brackets_is_printed_literally() -> None:
     con, buffer = console(terminal=False)
-    with ProgressReporter(1, console=con, enabled=False) as reporter:
-        reporter.fail(FailedItem("[red]x[/].jpg", "bad [b]"))
+    with Tally(1, listener=RichProgress(enabled=False, console=con)) as tally:
+        tally.fail(FailedItem("[red]x[/].jpg", "bad [b]"))
     assert "failed [red]x[/].jpg: bad [b]" in buffer.getvalue()
 
 
 def test_quiet_prints_no_failure_line_but_keeps_the_failure() -> None:
     con, buffer = console(terminal=False)
-    reporter = ProgressReporter(3, console=con, enabled=False, quiet=True)
-    run_three(reporter)
+    tally = run_three(RichProgress(enabled=False, quiet=True, console=con))
     assert buffer.getvalue() == ""
-    assert reporter.summary().failed == [BAD]
+    assert tally.summary().failed == [BAD]
 
 
 def test_disabled_progress_writes_no_bar_or_escape_codes() -> None:
     con, buffer = console(terminal=True)
-    run_three(ProgressReporter(3, console=con, enabled=False))
+    run_three(RichProgress(enabled=False, console=con))
     assert "\x1b" not in buffer.getvalue().replace("\x1b[31mfailed\x1b[0m", "")
     assert "━" not in buffer.getvalue()
 
 
 def test_enabled_progress_on_a_terminal_draws_the_bar_with_rate() -> None:
     con, buffer = console(terminal=True)
-    run_three(ProgressReporter(3, console=con, enabled=True))
+    run_three(RichProgress(enabled=True, console=con))
     out = buffer.getvalue()
     assert "━" in out and "3/3" in out and "images/s" in out
 
 
 def test_enabled_progress_off_a_terminal_draws_no_bar() -> None:
     con, buffer = console(terminal=False)
-    run_three(ProgressReporter(3, console=con, enabled=True))
+    run_three(RichProgress(enabled=True, console=con))
     assert "━" not in buffer.getvalue() and "\x1b" not in buffer.getvalue()
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mrcnn_cli.errors import MrcnnError
-from mrcnn_cli.models import load_model
 from mrcnn_cli.models.checkpoint import load_checkpoint
+from mrcnn_cli.models.loading import load_model
 from mrcnn_cli.train.dataset import CocoInstanceDataset
 from mrcnn_cli.train.loop import TrainConfig, train
 from mrcnn_cli.train.synthetic import write_dataset
@@ -158,5 +158,5 @@ def test_crowd_annotations_are_not_training_targets(shapes, tmp_path):
 def test_not_a_coco_file_is_an_error(shapes, tmp_path):
     path = tmp_path / "ann.json"
     path.write_text("[1, 2, 3]")
-    with pytest.raises(MrcnnError, match="not a COCO instances file"):
+    with pytest.raises(MrcnnError, match="not a COCO annotation file"):
         CocoInstanceDataset(shapes / "images", path)

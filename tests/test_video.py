@@ -385,19 +385,22 @@ def test_segment_processes_videos_found_in_a_folder(run_cli, lite, tmp_path):
 # --- the model side: stride, batches, bounded hold -------------------------------------------
 
 
-@pytest.fixture
-def fake_model(monkeypatch) -> list[list[int]]:
-    """Replace the network: each frame's "detection" scores the frame's number; the
-    returned list records which frames each forward pass saw."""
-    calls: list[list[int]] = []
+class FakeSegmenter:
+    """Stands in for the network: each frame's "detection" scores the frame's number;
+    `calls` records which frames each forward pass saw."""
 
-    def fake_predict(loaded, images, mask_threshold, keep):
-        calls.append([int(im[0, 0, 0]) for im in images])
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def predict(self, images, batch_size=None):
+        self.calls.append([int(im[0, 0, 0]) for im in images])
         names, ids = ("__background__", "thing"), (0, 1)
         return [Detections([[0, 0, 1, 1]], [im[0, 0, 0]], [1], None, names, ids) for im in images]
 
-    monkeypatch.setattr("mrcnn_cli.video.job.predict", fake_predict)
-    return calls
+
+@pytest.fixture
+def fake_model() -> FakeSegmenter:
+    return FakeSegmenter()
 
 
 def numbered_frames(n: int, produced: list[int]):
@@ -409,9 +412,9 @@ def numbered_frames(n: int, produced: list[int]):
 def test_stride_batches_keyed_frames_and_the_rest_reuse_the_last_result(fake_model):
     emitted = [
         (frame.index, int(dets.scores[0]))
-        for frame, dets in predict_frames(numbered_frames(10, []), None, 2, 3, 0.5, None)
+        for frame, dets in predict_frames(numbered_frames(10, []), fake_model, 2, 3)
     ]
-    assert fake_model == [[0, 3], [6, 9]]
+    assert fake_model.calls == [[0, 3], [6, 9]]
     assert emitted == [(i, i - i % 3) for i in range(10)]
 
 
@@ -420,8 +423,8 @@ def test_a_long_stride_cuts_batches_short_instead_of_holding_many_frames(fake_mo
     ahead = [
         len(produced) - 1 - frame.index  # frames read but not yet passed on
         for frame, _ in predict_frames(
-            numbered_frames(30, produced), None, 4, 10, 0.5, None, max_held=12
+            numbered_frames(30, produced), fake_model, 4, 10, max_held=12
         )
     ]
     assert max(ahead) < 12
-    assert fake_model == [[0, 10], [20]]  # 2 keyed frames, not 4: 12 frames were held
+    assert fake_model.calls == [[0, 10], [20]]  # 2 keyed frames, not 4: 12 frames were held

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+import typing
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mrcnn_cli.errors import MrcnnError
 
@@ -25,7 +29,9 @@ def run_or_exit(fn: Callable[[], T], debug: bool = False) -> T:
     except MrcnnError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]; rerun the same command to resume")
@@ -43,24 +49,96 @@ def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-# Options shared by segment, video and eval.
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Model name (maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2, demo) "
-        "or a checkpoint path written by `mrcnn train`.",
-    ),
-]
-WeightsOpt = Annotated[
-    str | None,
-    typer.Option("--weights", "-w", help="Checkpoint file for a torchvision model."),
-]
-DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto picks CUDA if present).")
-]
-HalfOpt = Annotated[bool, typer.Option("--half", help="fp16 inference (CUDA only).")]
+# --- the model options, declared once ----------------------------------------------
+def _model_option_parameters(score_thr: float, score_help: str, with_classes: bool):
+    """(name, default, annotation) of every model option, in the order --help shows them."""
+    params = [
+        ("model", None, Annotated[str | None, typer.Option(
+            "--model", "-m", help="Model name (maskrcnn_resnet50_fpn (default), "
+            "maskrcnn_resnet50_fpn_v2, demo) or a checkpoint path written by `mrcnn train`.")]),
+        ("weights", None, Annotated[str | None, typer.Option(
+            "--weights", "-w", help="Checkpoint file for a torchvision model.")]),
+        ("device", "auto", Annotated[str, typer.Option(
+            "--device", help="auto | cpu | cuda | cuda:N (auto picks CUDA if present).")]),
+        ("half", False, Annotated[bool, typer.Option(
+            "--half", help="fp16 inference (CUDA only).")]),
+        ("score_thr", score_thr, Annotated[float, typer.Option(
+            "--score-thr", min=0.0, max=1.0, help=score_help)]),
+        ("max_det", 100, Annotated[int, typer.Option(
+            "--max-det", min=1, help="At most this many detections per image.")]),
+        ("classes", None, Annotated[str | None, typer.Option(
+            "--classes", help="Keep only these classes: comma-separated names or ids.")]),
+        ("mask_thr", 0.5, Annotated[float, typer.Option(
+            "--mask-thr", min=0.0, max=1.0, help="Mask probability threshold.")]),
+        ("roi_op", None, RoiOpOpt),
+        ("random_weights", None, Annotated[int | None, typer.Option(
+            "--random-weights", hidden=True, help="Seeded random init (tests, benchmarks).")]),
+    ]  # fmt: skip
+    return [p for p in params if with_classes or p[0] != "classes"]
+
+
+def model_options(
+    score_thr: float = 0.5,
+    score_help: str = "Minimum score.",
+    with_classes: bool = True,
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a Typer command the shared model options; it receives them as `model_config`.
+
+    The command declares a `model_config: ModelConfig` parameter (and, if it cares
+    whether --model was typed, `model_given: bool`); the options themselves are added to
+    its signature here, so every command spells them the same way.
+    """
+    from mrcnn_cli.config import DEFAULT_MODEL, ModelConfig
+
+    extra = _model_option_parameters(score_thr, score_help, with_classes)
+    names = [name for name, _, _ in extra]
+
+    def decorate(fn: Callable[..., None]) -> Callable[..., None]:
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)  # Typer needs real types
+        wants_given = "model_given" in sig.parameters
+        own = [
+            p.replace(annotation=hints[n])
+            for n, p in sig.parameters.items()
+            if n not in ("model_config", "model_given")
+        ]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+            for name, d, a in extra
+        ]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> None:
+            v = {name: kwargs.pop(name, None) for name in names}
+            names_given = parse_classes(v["classes"]) if with_classes else None
+            kwargs["model_config"] = ModelConfig(
+                model=v["model"] or DEFAULT_MODEL,
+                weights=v["weights"],
+                device=v["device"],
+                half=v["half"],
+                score_thr=v["score_thr"],
+                max_det=v["max_det"],
+                classes=tuple(names_given) if names_given else None,
+                mask_thr=v["mask_thr"],
+                roi_op=v["roi_op"],
+                random_init_seed=v["random_weights"],
+            )
+            if wants_given:
+                kwargs["model_given"] = v["model"] is not None
+            return fn(**kwargs)
+
+        command.__annotations__ = {
+            **{p.name: p.annotation for p in own},
+            **{n: a for n, _, a in extra},
+            "return": None,
+        }
+        command.__signature__ = sig.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
+# --- other options shared by several commands ------------------------------------
 BatchOpt = Annotated[
     int | None,
     typer.Option(
@@ -71,18 +149,7 @@ BatchOpt = Annotated[
         "4 on CUDA).",
     ),
 ]
-ScoreThrOpt = Annotated[float, typer.Option("--score-thr", help="Minimum score.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Decode/write threads.")]
-MaxDetOpt = Annotated[
-    int, typer.Option("--max-det", min=1, help="At most this many detections per image.")
-]
-ClassesOpt = Annotated[
-    str | None,
-    typer.Option("--classes", help="Keep only these classes: comma-separated names or ids."),
-]
-MaskThrOpt = Annotated[
-    float, typer.Option("--mask-thr", min=0.0, max=1.0, help="Mask probability threshold.")
-]
 RoiOpOpt = Annotated[
     str | None,
     typer.Option(
@@ -96,10 +163,18 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one line.")]
 
 
+def progress_for(quiet: bool):
+    """The rich progress bar for a run on stderr (none and no failure lines under --quiet)."""
+    from mrcnn_cli.commands._progress import RichProgress
+
+    return RichProgress(enabled=not quiet, quiet=quiet, console=err_console)
+
+
 def finish_run(summary, quiet: bool, json_out: bool) -> None:
     """Print the summary (table on stderr, or JSON on stdout) and exit 1 if files failed."""
+    from mrcnn_cli.commands._progress import print_summary
     from mrcnn_cli.errors import EXIT_SOME_FAILED
-    from mrcnn_cli.progress import print_summary, summary_json
+    from mrcnn_cli.progress import summary_json
 
     if json_out:
         typer.echo(summary_json(summary))
@@ -115,38 +190,3 @@ def parse_save_kinds(value: str, allowed: str) -> tuple[str, ...]:
     if not kinds:
         raise MrcnnError(f"--save needs at least one of {allowed}")
     return kinds
-
-
-def model_config(
-    model: str,
-    weights: str | None,
-    device: str,
-    half: bool,
-    score_thr: float,
-    max_det: int,
-    classes: str | None,
-    mask_thr: float,
-    roi_op: str | None,
-    random_weights: int | None,
-):
-    """The model options every inference command shares -> one `ModelConfig`."""
-    from mrcnn_cli.engine import ModelConfig
-
-    names = parse_classes(classes)
-    return ModelConfig(
-        model=model,
-        weights=weights,
-        device=device,
-        half=half,
-        score_thr=score_thr,
-        max_det=max_det,
-        classes=tuple(names) if names else None,
-        mask_thr=mask_thr,
-        roi_op=roi_op,
-        random_init_seed=random_weights,
-    )
-
-
-RandomWeightsOpt = Annotated[
-    int | None, typer.Option("--random-weights", hidden=True, help="Seeded random init.")
-]

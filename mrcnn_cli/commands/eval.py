@@ -8,35 +8,38 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from mrcnn_cli.commands._common import (
     BatchOpt,
     DebugOpt,
-    DeviceOpt,
-    HalfOpt,
     JsonOpt,
-    MaskThrOpt,
     QuietOpt,
-    RandomWeightsOpt,
-    RoiOpOpt,
-    WeightsOpt,
     WorkersOpt,
     err_console,
-    model_config,
+    model_options,
     parse_classes,
+    progress_for,
     run_or_exit,
 )
+from mrcnn_cli.config import EVAL_SCORE_THR, ModelConfig
 from mrcnn_cli.errors import MrcnnError
 
-DEFAULT_MODEL = "maskrcnn_resnet50_fpn"
 IOU_TYPE_CHOICES = {"bbox": ("bbox",), "segm": ("segm",), "both": ("bbox", "segm")}
 _SHOWN_MISSING = 20
 
 
+@model_options(
+    score_thr=EVAL_SCORE_THR,
+    score_help="Model mode: minimum score (0.05 is the COCO evaluation setting).",
+    with_classes=False,  # --classes restricts COCOeval (COCO's protocol), not the model
+)
 def eval_command(
     ann: Annotated[
         Path, typer.Option("--ann", "-a", help="COCO instances JSON (the ground truth).")
     ],
+    model_config: ModelConfig,
+    model_given: bool,
     images: Annotated[
         Path | None,
         typer.Option(
@@ -78,33 +81,11 @@ def eval_command(
     plots: Annotated[
         bool, typer.Option("--plots/--no-plots", help="Write precision-recall curve PNGs.")
     ] = True,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help=f"Model name or checkpoint (default: {DEFAULT_MODEL})."),
-    ] = None,
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    half: HalfOpt = False,
     batch_size: BatchOpt = None,
-    score_thr: Annotated[
-        float,
-        typer.Option(
-            "--score-thr",
-            min=0.0,
-            max=1.0,
-            help="Model mode: minimum score (0.05 is the COCO evaluation setting).",
-        ),
-    ] = 0.05,
-    max_det: Annotated[
-        int, typer.Option("--max-det", min=1, help="Model mode: detections per image.")
-    ] = 100,
-    mask_thr: MaskThrOpt = 0.5,
-    roi_op: RoiOpOpt = None,
     workers: WorkersOpt = 2,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Model mode: redo images already in --out.")
     ] = False,
-    random_weights: RandomWeightsOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -114,31 +95,17 @@ def eval_command(
     Model mode: `mrcnn eval --images DIR --ann instances.json [--model ...]`.
     Results mode: `mrcnn eval --pred predictions.json --ann instances.json`.
     """
-    from mrcnn_cli.eval_run import EvalConfig, run_eval
+    from mrcnn_cli.config import EvalConfig
+    from mrcnn_cli.evaluation.run import run_eval
 
     def job():
         if iou_type not in IOU_TYPE_CHOICES:
             raise MrcnnError(f"--iou-type must be bbox, segm or both, not {iou_type!r}")
-        if pred is not None and model is not None:
+        if pred is not None and model_given:
             raise MrcnnError("--pred scores an existing results file; --model does not apply")
         if pred is None and images is None:
             raise MrcnnError(
                 "nothing to evaluate: give --pred FILE, or --images DIR to run a model"
-            )
-        model_cfg = None
-        if pred is None:
-            # --classes restricts COCOeval (COCO's protocol), not the model's detections.
-            model_cfg = model_config(
-                model or DEFAULT_MODEL,
-                weights,
-                device,
-                half,
-                score_thr,
-                max_det,
-                None,
-                mask_thr,
-                roi_op,
-                random_weights,
             )
         cfg = EvalConfig(
             ann=ann,
@@ -151,12 +118,12 @@ def eval_command(
             gallery=gallery,
             gallery_score_thr=gallery_thr,
             plots=plots,
-            model=model_cfg,
+            model=model_config if pred is None else None,
             batch_size=batch_size,
             workers=workers,
             overwrite=overwrite,
         )
-        return run_eval(cfg, progress=not quiet and not json_out, quiet=quiet)
+        return run_eval(cfg, progress_for(quiet or json_out))
 
     outcome = run_or_exit(job, debug)
     if json_out:
@@ -171,7 +138,7 @@ def eval_command(
 def _print_report(outcome) -> None:
     from rich.console import Console
 
-    from mrcnn_cli.eval_report import per_class_table, summary_table
+    from mrcnn_cli.commands._eval_tables import per_class_table, summary_table
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     if outcome.results:
@@ -183,10 +150,10 @@ def _print_problems(outcome) -> None:
     """Skipped types, dropped detections and missing images on stderr (stdout: the data)."""
     for iou_type, reason in outcome.skipped.items():
         err_console.print(
-            f"[yellow]{iou_type} skipped:[/] {reason}", highlight=False, soft_wrap=True
+            f"[yellow]{iou_type} skipped:[/] {escape(reason)}", highlight=False, soft_wrap=True
         )
     for note in outcome.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     if outcome.missing:
         n = len(outcome.missing)
         err_console.print(
@@ -196,10 +163,14 @@ def _print_problems(outcome) -> None:
             soft_wrap=True,
         )
         for item in outcome.missing[:_SHOWN_MISSING]:
-            err_console.print(f"  {item.path}: {item.reason}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"  {escape(str(item.path))}: {escape(item.reason)}",
+                highlight=False,
+                soft_wrap=True,
+            )
         if n > _SHOWN_MISSING:
             err_console.print(f"  ... and {n - _SHOWN_MISSING} more (all in metrics.json)")
-    err_console.print(f"wrote {outcome.metrics_path}"
+    err_console.print(f"wrote {escape(str(outcome.metrics_path))}"
                       + (f" and {len(outcome.files)} image(s)" if outcome.files else ""),
                       highlight=False, soft_wrap=True)  # fmt: skip
 

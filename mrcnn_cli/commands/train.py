@@ -44,9 +44,6 @@ def train_command(
     """Train (or fine-tune) Mask R-CNN; keeps last.pt, best.pt (by val segm AP), final.pt."""
     from mrcnn_cli.train.loop import TrainConfig, train
 
-    if (val_images is None) != (val_ann is None):
-        err_console.print("[bold red]error:[/] --val-images and --val-ann go together")
-        raise typer.Exit(2)
     cfg = TrainConfig(
         images=images,
         ann=ann,

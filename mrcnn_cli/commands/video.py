@@ -9,24 +9,16 @@ import typer
 
 from mrcnn_cli.commands._common import (
     BatchOpt,
-    ClassesOpt,
     DebugOpt,
-    DeviceOpt,
-    HalfOpt,
     JsonOpt,
-    MaskThrOpt,
-    MaxDetOpt,
-    ModelOpt,
     QuietOpt,
-    RandomWeightsOpt,
-    RoiOpOpt,
-    ScoreThrOpt,
-    WeightsOpt,
     finish_run,
-    model_config,
+    model_options,
     parse_save_kinds,
+    progress_for,
     run_or_exit,
 )
+from mrcnn_cli.config import DEFAULT_CRF, ModelConfig
 
 SAVE_HELP = (
     "Comma-separated: video (annotated <stem>.mp4), masks (masks/<stem>/<frame>.png, "
@@ -35,11 +27,13 @@ SAVE_HELP = (
 )
 
 
+@model_options()
 def video_command(
     inputs: Annotated[
         list[str],
         typer.Argument(help="Video files (mp4, avi, mov, mkv, webm), folders or globs."),
     ],
+    model_config: ModelConfig,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("results"),
     save: Annotated[str, typer.Option("--save", help=SAVE_HELP)] = "video",
     stride: Annotated[
@@ -60,16 +54,7 @@ def video_command(
     max_frames: Annotated[
         int | None, typer.Option("--max-frames", min=1, help="At most this many frames a video.")
     ] = None,
-    model: ModelOpt = "maskrcnn_resnet50_fpn",
-    weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    half: HalfOpt = False,
     batch_size: BatchOpt = None,
-    score_thr: ScoreThrOpt = 0.5,
-    max_det: MaxDetOpt = 100,
-    classes: ClassesOpt = None,
-    mask_thr: MaskThrOpt = 0.5,
-    roi_op: RoiOpOpt = None,
     codec: Annotated[
         str | None,
         typer.Option(
@@ -80,34 +65,23 @@ def video_command(
     ] = None,
     crf: Annotated[
         int, typer.Option("--crf", min=0, max=51, help="libx264 quality: lower is better.")
-    ] = 20,
+    ] = DEFAULT_CRF,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo videos already done (default: resume).")
     ] = False,
-    random_weights: RandomWeightsOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Segment every frame of videos; write annotated MP4s (audio kept), masks, COCO JSON."""
-    from mrcnn_cli.video import VideoConfig, run_videos
+    from mrcnn_cli.config import VideoConfig
+    from mrcnn_cli.video import run_videos
 
     def job():
         cfg = VideoConfig(
             inputs=tuple(inputs),
             out=out,
-            model=model_config(
-                model,
-                weights,
-                device,
-                half,
-                score_thr,
-                max_det,
-                classes,
-                mask_thr,
-                roi_op,
-                random_weights,
-            ),
+            model=model_config,
             batch_size=batch_size,
             stride=stride,
             start=start,
@@ -118,7 +92,7 @@ def video_command(
             codec=codec,
             crf=crf,
         )
-        return run_videos(cfg, enabled_progress=not quiet, quiet=quiet)
+        return run_videos(cfg, progress_for(quiet))
 
     summary = run_or_exit(job, debug)
     finish_run(summary, quiet=quiet, json_out=json_out)

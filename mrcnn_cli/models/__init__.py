@@ -1,5 +1,3 @@
-"""Model side of the pipeline: names -> builders, weights, our checkpoint format, device."""
-
-from mrcnn_cli.models.loading import LoadedModel, load_model
-
-__all__ = ["LoadedModel", "load_model"]
+"""Model side of the pipeline: architectures, weights resolution, our checkpoint format,
+and loading onto a device (`loading.load_model`). Nothing is imported here, so the
+torch-free modules (`bundled`) can be used without importing torch."""

@@ -28,6 +28,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from mrcnn_cli.errors import MrcnnError
 from mrcnn_cli.models.roi_ops import make_roi_op, set_roi_op
 
 # Inference settings every architecture accepts; torchvision's defaults are the paper's.
@@ -147,7 +148,7 @@ def get_architecture(name: str) -> Architecture:
         return ARCHITECTURES[name]
     except KeyError:
         known = ", ".join(ARCHITECTURES)
-        raise KeyError(f"unknown architecture {name!r}; known: {known}") from None
+        raise MrcnnError(f"unknown architecture {name!r}; known: {known}") from None
 
 
 def coco_class_names() -> tuple[str, ...]:

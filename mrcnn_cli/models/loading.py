@@ -11,6 +11,7 @@ from torchvision.models.detection import MaskRCNN
 
 from mrcnn_cli.errors import MrcnnError
 from mrcnn_cli.models.architectures import ARCHITECTURES, coco_class_names, get_architecture
+from mrcnn_cli.models.bundled import BUNDLED_MODELS, bundled_or_path
 from mrcnn_cli.models.checkpoint import (
     ModelMeta,
     checkpoint_from_payload,
@@ -19,10 +20,7 @@ from mrcnn_cli.models.checkpoint import (
     read_torch_file,
 )
 from mrcnn_cli.models.roi_ops import ROI_OPS
-from mrcnn_cli.models.weights import PROJECT_WEIGHTS_DIR, resolve_weights
-
-# Short names for checkpoints that ship in the project's weights/ folder.
-BUNDLED_MODELS: dict[str, str] = {"demo": "demo_shapes.pt"}
+from mrcnn_cli.models.weights import resolve_weights
 
 
 @dataclass
@@ -60,11 +58,6 @@ def pick_device(device: str) -> torch.device:
     return dev
 
 
-def bundled_or_path(spec: str) -> str:
-    """A bundled short name (`demo`) -> its file in weights/; anything else unchanged."""
-    return str(PROJECT_WEIGHTS_DIR / BUNDLED_MODELS[spec]) if spec in BUNDLED_MODELS else spec
-
-
 def default_batch_size(device: torch.device, requested: int | None = None) -> int:
     """Batching pays on a GPU; on a CPU it only adds padding (measured: batch 1 is faster)."""
     if requested is not None:
@@ -97,7 +90,7 @@ def load_model(
     if roi_op is not None and roi_op not in ROI_OPS:
         raise MrcnnError(f"--roi-op must be one of {', '.join(ROI_OPS)}, not {roi_op!r}")
 
-    meta, state, source = _meta_and_state(spec, weights, random_init_seed)
+    meta, state, source = meta_and_state(spec, weights, random_init_seed)
     arch = get_architecture(meta.arch)
     arch_options = dict(meta.arch_options)
     if roi_op is not None:
@@ -113,9 +106,10 @@ def load_model(
     return LoadedModel(model, meta, dev, dtype, source, settings)
 
 
-def _meta_and_state(
-    spec: str, weights: str | None, random_init_seed: int | None
+def meta_and_state(
+    spec: str, weights: str | None = None, random_init_seed: int | None = None
 ) -> tuple[ModelMeta, dict[str, torch.Tensor] | None, str]:
+    """What `spec` names: its metadata, its tensors (None for a random init) and source."""
     spec = bundled_or_path(spec)
     if is_model_path(spec):
         path = Path(spec).expanduser()

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign, roi_pool
 
-ROI_OPS = ("align", "pool")
+from mrcnn_cli.config import ROI_OPS
 
 
 class MultiScaleRoIPool(nn.Module):

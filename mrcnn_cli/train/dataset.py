@@ -7,7 +7,6 @@ Crowd regions and degenerate polygons are left out of the targets, as COCO train
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,26 +18,13 @@ from pycocotools import mask as mask_utils
 
 from mrcnn_cli.decode import decode_image
 from mrcnn_cli.errors import DecodeError, MrcnnError
+from mrcnn_cli.evaluation.coco_io import read_coco_instances
 
 
 @dataclass(frozen=True)
 class Category:
     id: int
     name: str
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise MrcnnError(f"annotation file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MrcnnError(f"cannot read annotation file {path}: {exc}") from exc
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
-        raise MrcnnError(
-            f"{path} is not a COCO instances file (needs images, annotations, categories)"
-        )
-    return data
 
 
 def _segmentation_to_mask(seg: Any, height: int, width: int) -> np.ndarray | None:
@@ -64,7 +50,7 @@ class CocoInstanceDataset:
         self.images_dir = Path(images_dir)
         ann_path = Path(ann_path)
         self.ann_path = ann_path
-        data = _load_json(ann_path)
+        data = read_coco_instances(ann_path)
         self.coco_dict = data  # kept: validation builds its COCO index from it
         if not self.images_dir.is_dir():
             raise MrcnnError(f"images folder not found: {self.images_dir}")

@@ -21,14 +21,12 @@ from torchvision.models.detection import MaskRCNN
 
 from mrcnn_cli.atomic import atomic_path, write_json
 from mrcnn_cli.errors import MrcnnError
-from mrcnn_cli.evaluate import evaluate_results, quiet_coco
-from mrcnn_cli.inference import predict
-from mrcnn_cli.models import LoadedModel
+from mrcnn_cli.evaluation.metrics import evaluate_results, quiet_coco
 from mrcnn_cli.models.architectures import get_architecture
 from mrcnn_cli.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
-from mrcnn_cli.models.loading import _meta_and_state
+from mrcnn_cli.models.loading import LoadedModel, meta_and_state, pick_device
+from mrcnn_cli.segmenter import Segmenter
 from mrcnn_cli.train.dataset import CocoInstanceDataset
-from mrcnn_cli.writers.coco import detections_to_results
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 LOSS_SHORT = {
@@ -103,7 +101,7 @@ def build_for_training(
 
 def _initial_state(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     if cfg.init == "coco":
-        _, state, _ = _meta_and_state(cfg.arch, None, None)
+        _, state, _ = meta_and_state(cfg.arch)
         if state is None:
             raise MrcnnError(f"no COCO weights for {cfg.arch}")
         return state
@@ -166,14 +164,14 @@ def evaluate_model(
     roi = model.roi_heads
     saved = (roi.score_thresh, roi.detections_per_img)
     roi.score_thresh, roi.detections_per_img = 0.05, 100
-    loaded = LoadedModel(model, meta, device, torch.float32)
+    segmenter = Segmenter.from_loaded(LoadedModel(model, meta, device, torch.float32))
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     results: list[dict[str, Any]] = []
     for start in range(0, count, batch_size):
         idxs = list(range(start, min(start + batch_size, count)))
         images = [dataset.load(i)[0] for i in idxs]
-        for i, dets in zip(idxs, predict(loaded, images)):
-            results.extend(detections_to_results(dets, int(dataset.images[i]["id"])))
+        for i, dets in zip(idxs, segmenter.predict(images, batch_size=len(images))):
+            results.extend(dets.to_coco(int(dataset.images[i]["id"])))
     roi.score_thresh, roi.detections_per_img = saved
     model.train(was_training)
     gt = quiet_coco(dataset.coco_dict)
@@ -196,7 +194,10 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    device = torch.device(cfg.device)
+    device = pick_device(cfg.device)
+    if (cfg.val_images is None) != (cfg.val_ann is None):
+        raise MrcnnError("--val-images and --val-ann go together")
+    get_architecture(cfg.arch)  # an unknown --arch fails before the data is read
     dataset = CocoInstanceDataset(cfg.images, cfg.ann)
     val = CocoInstanceDataset(cfg.val_images, cfg.val_ann) if cfg.val_ann else None
     cfg.out.mkdir(parents=True, exist_ok=True)

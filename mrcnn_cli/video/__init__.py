@@ -1,7 +1,7 @@
 """`mrcnn video`: Mask R-CNN on the frames of a video, written back as an annotated MP4.
 
     reader thread: PyAV decode -> upright RGB frames        (bounded queue)
-    main thread:   batches of keyed frames -> inference.predict  (the same call as images)
+    main thread:   batches of keyed frames -> Segmenter  (the same object as for images)
     writer thread: overlay -> H.264 encode + audio copy, mask PNGs, COCO (bounded queue)
 
 With `--stride N` only every Nth frame goes through the model and the frames between
@@ -14,14 +14,14 @@ cut file keeps the frames that decode and is reported as a failure for the rest.
 """
 
 from mrcnn_cli.video.encoder import pick_encoder
-from mrcnn_cli.video.job import VideoConfig, predict_frames, process_video, run_videos
+from mrcnn_cli.video.job import process_video, run_videos
+from mrcnn_cli.video.keyframes import predict_frames
 from mrcnn_cli.video.reader import DecodeReport, Frame, FrameWindow, decode_frames
 
 __all__ = [
     "DecodeReport",
     "Frame",
     "FrameWindow",
-    "VideoConfig",
     "decode_frames",
     "pick_encoder",
     "predict_frames",

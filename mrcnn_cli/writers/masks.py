@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path, PurePosixPath
-from typing import Literal, get_args
 
 import cv2
 import numpy as np
 
 from mrcnn_cli.atomic import write_bytes
+from mrcnn_cli.config import MASK_FORMATS, MaskFormat
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.writers import output_path
-
-MaskFormat = Literal["instance", "binary", "semantic"]
-MASK_FORMATS: tuple[str, ...] = get_args(MaskFormat)
 
 _UINT16_MAX = np.iinfo(np.uint16).max
 _BINARY_NAME = re.compile(r"^\d+_.*\.png$")

@@ -6,13 +6,13 @@ large photo costs about what the masks cover, not 100 full-image copies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 
 from mrcnn_cli.atomic import write_bytes
+from mrcnn_cli.config import OverlayStyle
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.writers import output_path
 from mrcnn_cli.writers.masks import mask_bbox, paint_order
@@ -41,18 +41,6 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (128, 128, 128),
 )
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-@dataclass(frozen=True)
-class OverlayStyle:
-    """How an overlay looks; None sizes are picked from the image size."""
-
-    alpha: float = 0.5
-    line_width: int | None = None
-    font_scale: float | None = None
-    show_boxes: bool = True
-    show_labels: bool = True
-    show_masks: bool = True
 
 
 def class_color(label: int) -> tuple[int, int, int]:

@@ -14,66 +14,24 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from mrcnn_cli.atomic import write_json
+from mrcnn_cli.config import IOU_TYPES, EvalConfig, SegmentConfig
 from mrcnn_cli.errors import EXIT_OK, EXIT_SOME_FAILED, FailedItem, MrcnnError
-from mrcnn_cli.eval_report import plot_pr_curves, primary_type, type_to_dict
-from mrcnn_cli.evaluate import (
-    IOU_TYPES,
+from mrcnn_cli.evaluation.coco_io import (
     CheckedResults,
     GroundTruth,
-    TypeResult,
     check_results,
-    evaluate_type,
-    image_scores,
     load_ground_truth,
     read_results_file,
     resolve_classes,
-    worst_images,
 )
+from mrcnn_cli.evaluation.metrics import TypeResult, evaluate_type, image_scores, worst_images
+from mrcnn_cli.evaluation.report import plot_pr_curves, primary_type, type_to_dict
+from mrcnn_cli.progress import ProgressListener
 
 if TYPE_CHECKING:
-    from mrcnn_cli.engine import ModelConfig
+    from mrcnn_cli.segmenter import Segmenter
 
 METRICS_FILE = "metrics.json"
-EVAL_SCORE_THR = 0.05  # torchvision's and detectron2's setting for COCO evaluation
-EVAL_MAX_DET = 100  # COCOeval's largest maxDets: more detections are never scored
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Everything one evaluation needs; `model` set means model mode, else `pred`."""
-
-    ann: Path
-    out: Path
-    pred: Path | None = None
-    images: Path | None = None
-    iou_types: tuple[str, ...] = IOU_TYPES
-    classes: tuple[str, ...] | None = None
-    max_images: int | None = None
-    gallery: int = 8
-    gallery_score_thr: float = 0.5
-    plots: bool = True
-    top_classes: int = 6
-    model: ModelConfig | None = None
-    batch_size: int | None = None
-    workers: int = 2
-    overwrite: bool = False
-
-    def validate(self) -> None:
-        if self.pred is not None and self.model is not None:
-            raise MrcnnError("give --pred (score a results file) or a model, not both")
-        if self.pred is None and self.model is None:
-            raise MrcnnError(
-                "nothing to evaluate: give --pred FILE, or --images DIR to run a model"
-            )
-        if self.model is not None and self.images is None:
-            raise MrcnnError("running a model needs --images DIR (the annotated images)")
-        bad = [t for t in self.iou_types if t not in IOU_TYPES]
-        if bad or not self.iou_types:
-            raise MrcnnError("--iou-type must be bbox, segm or both")
-        if self.max_images is not None and self.max_images < 1:
-            raise MrcnnError("--max-images must be at least 1")
-        if not 0.0 <= self.gallery_score_thr <= 1.0:
-            raise MrcnnError("--gallery-thr must be between 0 and 1")
 
 
 @dataclass
@@ -133,14 +91,18 @@ def _drop_segm(
 
 # ----------------------------------------------------------------------------- model mode
 def predict_with_model(
-    cfg: EvalConfig, paths: dict[int, Path], image_ids: list[int], progress: bool, quiet: bool
+    cfg: EvalConfig,
+    paths: dict[int, Path],
+    image_ids: list[int],
+    progress: ProgressListener | None = None,
+    segmenter: Segmenter | None = None,
 ) -> tuple[list[dict[str, Any]], list[FailedItem], Path]:
     """`mrcnn segment --save coco --ann ...` over the images, into --out (resumable).
 
     Class filtering is left to COCOeval (not the model), as in COCO's own protocol:
     the 100-detection budget per image is shared by all classes either way.
     """
-    from mrcnn_cli.engine import PREDICTIONS_FILE, SegmentConfig, segment
+    from mrcnn_cli.engine import PREDICTIONS_FILE, run_segment  # torch only in model mode
 
     assert cfg.model is not None
     seg = SegmentConfig(
@@ -153,14 +115,22 @@ def predict_with_model(
         overwrite=cfg.overwrite,
         workers=cfg.workers,
     )
-    summary = segment(seg, enabled_progress=progress, quiet=quiet)
+    summary = run_segment(seg, progress, segmenter)
     pred_path = cfg.out / PREDICTIONS_FILE
     return read_results_file(pred_path), list(summary.failed), pred_path
 
 
 # ----------------------------------------------------------------------------- the run
-def run_eval(cfg: EvalConfig, progress: bool = False, quiet: bool = True) -> EvalOutcome:
-    """Score detections against `cfg.ann` and write metrics.json, plots and gallery."""
+def run_eval(
+    cfg: EvalConfig,
+    progress: ProgressListener | None = None,
+    segmenter: Segmenter | None = None,
+) -> EvalOutcome:
+    """Score detections against `cfg.ann` and write metrics.json, plots and gallery.
+
+    In model mode the images go through `run_segment` (resumable, into `cfg.out`);
+    `segmenter` reuses a loaded model.
+    """
     started = time.perf_counter()
     cfg.validate()
     gt = load_ground_truth(cfg.ann)
@@ -181,7 +151,7 @@ def run_eval(cfg: EvalConfig, progress: bool = False, quiet: bool = True) -> Eva
         raise MrcnnError(f"no image of {cfg.ann.name} to evaluate{where}")
 
     if cfg.model is not None:
-        raw, failed, pred_path = predict_with_model(cfg, paths, image_ids, progress, quiet)
+        raw, failed, pred_path = predict_with_model(cfg, paths, image_ids, progress, segmenter)
         failed_paths = {str(f.path) for f in failed}
         missing += failed
         image_ids = [i for i in image_ids if str(paths[i]) not in failed_paths]
@@ -229,7 +199,7 @@ def _gallery(
     paths: dict[int, Path],
     cat_ids: list[int],
 ) -> tuple[list[Path], list[FailedItem]]:
-    from mrcnn_cli.eval_gallery import write_gallery
+    from mrcnn_cli.evaluation.gallery import write_gallery
 
     key = primary_type(results)
     ev = results[key].metrics.cocoeval

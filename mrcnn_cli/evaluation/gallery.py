@@ -15,13 +15,13 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from mrcnn_cli.atomic import write_bytes
 from mrcnn_cli.decode import decode_image
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.errors import DecodeError, FailedItem
-from mrcnn_cli.evaluate import GroundTruth, ImageScore
+from mrcnn_cli.evaluation.coco_io import GroundTruth
+from mrcnn_cli.evaluation.metrics import ImageScore
 from mrcnn_cli.writers.overlay import annotate, encode_jpeg
 
 GALLERY_DIR = "worst"
@@ -67,22 +67,8 @@ def result_detections(
     gt: GroundTruth, entries: Sequence[dict[str, Any]], height: int, width: int, with_masks: bool
 ) -> Detections:
     """COCO result entries of one image (already filtered) as Detections."""
-    names, ids, label_of = _class_tables(gt)
-    if not entries:
-        return Detections.empty(height, width, names, ids)
-    boxes = np.array([e["bbox"] for e in entries], np.float32).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]
-    masks = None
-    if with_masks:
-        masks = np.stack([mask_utils.decode(e["segmentation"]).astype(bool) for e in entries])
-    return Detections(
-        boxes=boxes,
-        scores=np.array([e["score"] for e in entries], np.float32),
-        labels=np.array([label_of[int(e["category_id"])] for e in entries]),
-        masks=masks,
-        class_names=names,
-        category_ids=ids,
-    )
+    names, ids, _ = _class_tables(gt)
+    return Detections.from_coco(entries, height, width, names, ids, with_masks=with_masks)
 
 
 def _titled(image: np.ndarray, title: str) -> np.ndarray:

@@ -1,0 +1,219 @@
+"""Run settings as frozen dataclasses, free of torch so the CLI can build them cheaply.
+
+A config says what to do; the library does it. `validate()` checks what can be checked
+without a model (ranges, names); `output_settings()` is the part that changes an
+output's bytes, hashed by the journal so that a rerun with other values redoes the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from mrcnn_cli.errors import MrcnnError
+
+# Same default as Pillow's decompression-bomb limit: about 13k x 13k.
+DEFAULT_MAX_PIXELS = 178_956_970
+DEFAULT_MODEL = "maskrcnn_resnet50_fpn"
+
+IMAGE_SAVE_KINDS = ("overlay", "masks", "coco")
+VIDEO_SAVE_KINDS = ("video", "masks", "coco")
+IOU_TYPES = ("bbox", "segm")
+ROI_OPS = ("align", "pool")
+
+MaskFormat = Literal["instance", "binary", "semantic"]
+MASK_FORMATS: tuple[str, ...] = get_args(MaskFormat)
+
+
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How an overlay looks; None sizes are picked from the image size."""
+
+    alpha: float = 0.5
+    line_width: int | None = None
+    font_scale: float | None = None
+    show_boxes: bool = True
+    show_labels: bool = True
+    show_masks: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network, where, and the detection settings: shared by every front end."""
+
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    device: str = "auto"
+    half: bool = False
+    score_thr: float = 0.5
+    max_det: int = 100
+    classes: tuple[str, ...] | None = None
+    mask_thr: float = 0.5
+    roi_op: str | None = None
+    random_init_seed: int | None = None  # tests and benchmarks: seeded random weights
+
+    def validate(self) -> None:
+        if not 0.0 <= self.score_thr <= 1.0 or not 0.0 <= self.mask_thr <= 1.0:
+            raise MrcnnError("--score-thr and --mask-thr must be between 0 and 1")
+        if self.max_det < 1:
+            raise MrcnnError("--max-det must be at least 1")
+        if self.roi_op is not None and self.roi_op not in ROI_OPS:
+            raise MrcnnError(f"--roi-op must be one of {', '.join(ROI_OPS)}, not {self.roi_op!r}")
+
+    def output_settings(self) -> dict[str, Any]:
+        """Everything but the device: the same model on another device gives the same files."""
+        settings = asdict(self)
+        settings.pop("device")
+        return settings
+
+
+def _check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise MrcnnError("--batch-size must be at least 1")
+
+
+def _check_save(save: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    if not save or set(save) - set(allowed):
+        raise MrcnnError(f"--save takes a comma-separated subset of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """One `mrcnn segment` job: inputs, where the outputs go, and which outputs."""
+
+    inputs: tuple[str, ...]
+    out: Path
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batch_size: int | None = None  # None: the device's default (1 on a CPU, 4 on CUDA)
+    save: tuple[str, ...] = ("overlay", "coco")
+    mask_format: str = "instance"
+    ann: Path | None = None
+    overwrite: bool = False
+    workers: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overlay_style: OverlayStyle = field(default_factory=OverlayStyle)
+
+    def validate(self) -> None:
+        self.model.validate()
+        _check_save(self.save, IMAGE_SAVE_KINDS)
+        if self.mask_format not in MASK_FORMATS:
+            raise MrcnnError(f"--mask-format must be one of {', '.join(MASK_FORMATS)}")
+        _check_batch_size(self.batch_size)
+        if self.workers < 1:
+            raise MrcnnError("--workers must be at least 1")
+
+    def output_settings(self) -> dict[str, Any]:
+        """What changes an image's outputs (model files are fingerprinted by the caller)."""
+        return {
+            "model": self.model.output_settings(),
+            "save": sorted(self.save),
+            "mask_format": self.mask_format,
+            "style": asdict(self.overlay_style),
+        }
+
+    def video_config(self) -> VideoConfig:
+        """Videos met by `mrcnn segment`: overlays become the MP4, masks and COCO per frame."""
+        kinds = {"overlay": "video", "masks": "masks", "coco": "coco"}
+        return VideoConfig(
+            out=self.out,
+            model=self.model,
+            batch_size=self.batch_size,
+            save=tuple(kinds[k] for k in self.save),
+            overwrite=self.overwrite,
+            overlay_style=self.overlay_style,
+        )
+
+
+DEFAULT_CRF = 20
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """One `mrcnn video` job (and the video part of `mrcnn segment`)."""
+
+    inputs: tuple[str, ...] = ()
+    out: Path = Path("results")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batch_size: int | None = None
+    stride: int = 1
+    start: float = 0.0
+    end: float | None = None
+    max_frames: int | None = None
+    save: tuple[str, ...] = ("video",)
+    overwrite: bool = False
+    codec: str | None = None
+    crf: int = DEFAULT_CRF
+    overlay_style: OverlayStyle = field(default_factory=OverlayStyle)
+
+    def validate(self) -> None:
+        self.model.validate()
+        _check_save(self.save, VIDEO_SAVE_KINDS)
+        _check_batch_size(self.batch_size)
+        if self.stride < 1:
+            raise MrcnnError("--stride must be at least 1")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise MrcnnError("--max-frames must be at least 1")
+        if self.start < 0 or (self.end is not None and self.end <= self.start):
+            raise MrcnnError("--start must be >= 0 and --end greater than --start")
+        if not 0 <= self.crf <= 51:
+            raise MrcnnError("--crf must be between 0 and 51")
+
+    def output_settings(self) -> dict[str, Any]:
+        """What changes a video's outputs: a rerun with other values redoes the video."""
+        return {
+            "model": self.model.output_settings(),
+            "stride": self.stride,
+            "start": self.start,
+            "end": self.end,
+            "max_frames": self.max_frames,
+            "save": sorted(self.save),
+            "codec": self.codec,
+            "crf": self.crf,
+            "style": asdict(self.overlay_style),
+        }
+
+
+EVAL_SCORE_THR = 0.05  # torchvision's and detectron2's setting for COCO evaluation
+EVAL_MAX_DET = 100  # COCOeval's largest maxDets: more detections are never scored
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation; `model` set means model mode, else the `pred` results file."""
+
+    ann: Path
+    out: Path
+    pred: Path | None = None
+    images: Path | None = None
+    iou_types: tuple[str, ...] = IOU_TYPES
+    classes: tuple[str, ...] | None = None
+    max_images: int | None = None
+    gallery: int = 8
+    gallery_score_thr: float = 0.5
+    plots: bool = True
+    top_classes: int = 6
+    model: ModelConfig | None = None
+    batch_size: int | None = None
+    workers: int = 2
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.pred is not None and self.model is not None:
+            raise MrcnnError("give --pred (score a results file) or a model, not both")
+        if self.pred is None and self.model is None:
+            raise MrcnnError(
+                "nothing to evaluate: give --pred FILE, or --images DIR to run a model"
+            )
+        if self.model is not None:
+            self.model.validate()
+            if self.images is None:
+                raise MrcnnError("running a model needs --images DIR (the annotated images)")
+        bad = [t for t in self.iou_types if t not in IOU_TYPES]
+        if bad or not self.iou_types:
+            raise MrcnnError("--iou-type must be bbox, segm or both")
+        if self.max_images is not None and self.max_images < 1:
+            raise MrcnnError("--max-images must be at least 1")
+        if not 0.0 <= self.gallery_score_thr <= 1.0:
+            raise MrcnnError("--gallery-thr must be between 0 and 1")
+        _check_batch_size(self.batch_size)

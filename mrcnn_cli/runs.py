@@ -1,0 +1,74 @@
+"""What every job does before its first image: check, collect, prepare the output, load.
+
+`segment`, `video` and `eval` (through `segment`) all start with `prepare_run`, so an
+input or output problem reads the same whichever command meets it, and none of them
+loads a model before the cheap checks have passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mrcnn_cli.config import ModelConfig
+from mrcnn_cli.errors import FailedItem, MrcnnError
+from mrcnn_cli.models.bundled import bundled_or_path
+from mrcnn_cli.segmenter import Segmenter
+from mrcnn_cli.sources import SourceItem, collect_sources
+
+
+@dataclass
+class PreparedRun:
+    """A job's inputs (and the arguments that failed already) with its model loaded."""
+
+    items: list[SourceItem]
+    failures: list[FailedItem]
+    segmenter: Segmenter
+    batch_size: int
+
+
+def prepare_output(out: Path) -> None:
+    """Create the output folder and prove it is writable, before any model is loaded."""
+    if not str(out).strip():
+        raise MrcnnError("--out is empty; give an output folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".mrcnn-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MrcnnError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
+
+
+def prepare_run(
+    inputs: Sequence[str],
+    kinds: frozenset[str],
+    out: Path,
+    model: ModelConfig,
+    batch_size: int | None = None,
+    segmenter: Segmenter | None = None,
+) -> PreparedRun:
+    """Collect the inputs, prepare `out`, then load the model (or take the one given)."""
+    items, failures = collect_sources(inputs, kinds=kinds)
+    if not items and not failures:
+        raise MrcnnError("no inputs given")
+    prepare_output(out)
+    if segmenter is None:
+        segmenter = Segmenter.from_config(model, batch_size)
+    return PreparedRun(items, failures, segmenter, batch_size or segmenter.batch_size)
+
+
+def file_fingerprint(path: str | None) -> list[Any] | None:
+    """Size and mtime of a checkpoint file, so a retrained model at the same path counts
+    as a change of settings (hashing a 100 MB file on every run would cost more)."""
+    if not path or not Path(path).is_file():
+        return None
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def model_fingerprint(model: ModelConfig) -> list[Any]:
+    """The model files' fingerprints: part of every job's output settings."""
+    return [file_fingerprint(bundled_or_path(model.model)), file_fingerprint(model.weights)]

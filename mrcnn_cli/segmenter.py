@@ -1,0 +1,261 @@
+"""`Segmenter`: images in, `Detections` out. The only place that knows the model's call.
+
+It owns everything between a decoded image and its detections: the network (stage by
+stage, exactly as torchvision's `GeneralizedRCNN.forward`), the class filter, the mask
+threshold and our box-local mask paste (see postprocess.py), batching, and the one
+policy for a batch that fails (out of memory or an error in the network): retry image
+by image, so one bad image fails alone instead of taking its batch-mates with it.
+
+    >>> from mrcnn_cli import Segmenter
+    >>> seg = Segmenter(model="demo", score_thr=0.5)
+    >>> dets = seg(rgb)                        # HxWx3 uint8 array, a path, or a PIL image
+    >>> [len(d) for d in seg.predict(images, batch_size=4)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.models.detection.transform import resize_boxes
+
+from mrcnn_cli.config import DEFAULT_MODEL, ModelConfig
+from mrcnn_cli.decode import decode_image
+from mrcnn_cli.detections import Detections
+from mrcnn_cli.errors import MrcnnError
+from mrcnn_cli.models.loading import LoadedModel, default_batch_size, load_model
+from mrcnn_cli.postprocess import paste_masks, resolve_class_filter
+
+
+class SegmentationError(Exception):
+    """The model could not process an image (raised by `Segmenter.predict` and `__call__`)."""
+
+
+@dataclass(frozen=True)
+class ImageError:
+    """One image of a batch the model could not process, and why: a value, not a raise."""
+
+    reason: str
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def _failure_reason(exc: BaseException) -> str:
+    if _is_out_of_memory(exc):
+        return f"out of memory in the model ({type(exc).__name__})"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"model failed ({type(exc).__name__}{': ' + first[:200] if first else ''})"
+
+
+def as_rgb(image: Any) -> np.ndarray:
+    """An RGB uint8 HxWx3 array from an array, a path or a PIL image."""
+    if isinstance(image, (str, Path)):
+        return decode_image(image)
+    if not isinstance(image, np.ndarray) and hasattr(image, "convert"):  # a PIL image
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 HxWx3 array, got {array.dtype} {array.shape}")
+    return array
+
+
+class Segmenter:
+    """A Mask R-CNN ready to run: `seg(image) -> Detections`.
+
+    `model` is an architecture (`maskrcnn_resnet50_fpn`, `maskrcnn_resnet50_fpn_v2`), a
+    bundled name (`demo`) or a checkpoint written by `mrcnn train`. `classes` keeps only
+    those classes (names or category ids); `score_thr`, `max_det` and `mask_thr` are
+    applied as in torchvision. `batch_size` None picks the device's default.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        weights: str | None = None,
+        device: str = "auto",
+        score_thr: float = 0.5,
+        max_det: int = 100,
+        classes: Sequence[str | int] | None = None,
+        mask_thr: float = 0.5,
+        half: bool = False,
+        roi_op: str | None = None,
+        batch_size: int | None = None,
+        random_init_seed: int | None = None,
+    ) -> None:
+        config = ModelConfig(
+            model=model,
+            weights=weights,
+            device=device,
+            half=half,
+            score_thr=score_thr,
+            max_det=max_det,
+            classes=tuple(str(c) for c in classes) if classes else None,
+            mask_thr=mask_thr,
+            roi_op=roi_op,
+            random_init_seed=random_init_seed,
+        )
+        self._setup(_load(config), config, batch_size)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, batch_size: int | None = None) -> Segmenter:
+        """The front ends' way in: a validated `ModelConfig` from the CLI or a job."""
+        seg = cls.__new__(cls)
+        seg._setup(_load(config), config, batch_size)
+        return seg
+
+    @classmethod
+    def from_loaded(
+        cls, loaded: LoadedModel, config: ModelConfig | None = None, batch_size: int | None = None
+    ) -> Segmenter:
+        """Wrap a network that is already built (training evaluates its live model)."""
+        seg = cls.__new__(cls)
+        seg._setup(loaded, config or ModelConfig(model=loaded.source or "model"), batch_size)
+        return seg
+
+    def _setup(self, loaded: LoadedModel, config: ModelConfig, batch_size: int | None) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise MrcnnError("--batch-size must be at least 1")
+        self.loaded = loaded
+        self.config = config
+        self.batch_size = default_batch_size(loaded.device, batch_size)
+        self.keep_labels = resolve_class_filter(
+            config.classes, loaded.class_names, loaded.category_ids
+        )
+
+    # --- what callers read --------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.loaded.class_names
+
+    @property
+    def category_ids(self) -> tuple[int, ...]:
+        return self.loaded.category_ids
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+    def __repr__(self) -> str:
+        return (
+            f"Segmenter(model={self.config.model!r}, device={str(self.device)!r}, "
+            f"batch_size={self.batch_size}, score_thr={self.config.score_thr})"
+        )
+
+    # --- inference ----------------------------------------------------------------
+    def __call__(self, image: Any) -> Detections:
+        """Detections of one image (array, path or PIL image)."""
+        return self.predict([image], batch_size=1)[0]
+
+    def predict(self, images: Sequence[Any], batch_size: int | None = None) -> list[Detections]:
+        """Detections of each image, in order, `batch_size` images per forward pass.
+
+        Raises `SegmentationError` if the model cannot process an image.
+        """
+        return list(self.stream(images, batch_size))
+
+    def stream(self, frames: Iterable[Any], batch_size: int | None = None) -> Iterator[Detections]:
+        """Yield each frame's detections as its batch finishes; holds one batch at a time."""
+        size = batch_size or self.batch_size
+        batch: list[np.ndarray] = []
+        for frame in frames:
+            batch.append(as_rgb(frame))
+            if len(batch) == size:
+                yield from self._raising(batch)
+                batch = []
+        if batch:
+            yield from self._raising(batch)
+
+    def _raising(self, images: list[np.ndarray]) -> Iterator[Detections]:
+        for result in self.predict_batch(images):
+            if isinstance(result, ImageError):
+                raise SegmentationError(result.reason)
+            yield result
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Detections | ImageError]:
+        """One forward pass over decoded RGB images; a failure comes back as an `ImageError`.
+
+        A batch that fails (out of memory, or an error in the network) is retried image
+        by image, so only the images that fail alone are lost.
+        """
+        try:
+            return list(self._forward(images))
+        except Exception as exc:  # the retry below decides which images really fail
+            if len(images) == 1:
+                self._release_memory()
+                return [ImageError(_failure_reason(exc))]
+        self._release_memory()
+        out: list[Detections | ImageError] = []
+        for image in images:
+            out.extend(self.predict_batch([image]))
+        return out
+
+    def _release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @torch.inference_mode()
+    def _forward(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """The network stage by stage, then the class filter and the box-local paste."""
+        loaded = self.loaded
+        model = loaded.model
+        tensors = [_to_tensor(im, loaded.device, loaded.dtype) for im in images]
+        batch, _ = model.transform(tensors)
+        features = model.backbone(batch.tensors)
+        proposals, _ = model.rpn(batch, features)
+        raw, _ = model.roi_heads(features, proposals, batch.image_sizes)
+        return [
+            self._postprocess(out, resized, image.shape[:2])
+            for out, resized, image in zip(raw, batch.image_sizes, images)
+        ]
+
+    def _postprocess(
+        self, out: dict[str, torch.Tensor], resized: tuple[int, int], size: tuple[int, ...]
+    ) -> Detections:
+        h, w = int(size[0]), int(size[1])
+        boxes = resize_boxes(out["boxes"], resized, (h, w))
+        labels = out["labels"]
+        if self.keep_labels is not None:
+            keep = torch.tensor(
+                [int(lab) in self.keep_labels for lab in labels.tolist()],
+                dtype=torch.bool,
+                device=labels.device,
+            )
+            boxes, labels, out = boxes[keep], labels[keep], {k: v[keep] for k, v in out.items()}
+        masks = None
+        if "masks" in out:
+            masks = paste_masks(out["masks"][:, 0], boxes, h, w, self.config.mask_thr)
+        return Detections(
+            boxes=boxes.float().cpu().numpy(),
+            scores=out["scores"].float().cpu().numpy(),
+            labels=labels.cpu().numpy(),
+            masks=masks,
+            class_names=self.class_names,
+            category_ids=self.category_ids,
+        )
+
+
+def _load(config: ModelConfig) -> LoadedModel:
+    config.validate()
+    overrides = {"box_score_thresh": config.score_thr, "box_detections_per_img": config.max_det}
+    return load_model(
+        config.model,
+        config.weights,
+        config.device,
+        config.half,
+        config.roi_op,
+        overrides,
+        config.random_init_seed,
+    )
+
+
+def _to_tensor(image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """RGB uint8 HxWx3 -> CxHxW in [0, 1], converted on the device (less to copy)."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)
+    return t.permute(2, 0, 1).to(dtype).div_(255)
