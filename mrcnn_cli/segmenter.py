@@ -58,7 +58,7 @@ def as_rgb(image: Any) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return decode_image(image)
     if not isinstance(image, np.ndarray) and hasattr(image, "convert"):  # a PIL image
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 HxWx3 array, got {array.dtype} {array.shape}")

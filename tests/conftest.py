@@ -1,28 +1,21 @@
 """Shared fixtures: the real data beside the repo, a tiny checkpoint, offline weights, the CLI.
 
+Plain helpers and constants live in helpers.py (import them from there, not from here).
+
 The real data (50 COCO val2017 images with their annotations) lives in the shared folder
 next to the repository and is referenced in place, never copied into the repo.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner, Result
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COCO_DIR = DATA / "coco_val_mini"
-COCO_IMAGES = COCO_DIR / "images"
-COCO_ANN = COCO_DIR / "instances.json"
-
-TINY_CLASSES = ("__background__", "circle", "square", "triangle")
-TINY_CATEGORY_IDS = (0, 1, 2, 3)
-TINY_SIZE = 128
+from helpers import COCO_ANN, COCO_IMAGES, TINY_CATEGORY_IDS, TINY_CLASSES, TINY_SIZE, invoke_cli
+from typer.testing import Result
 
 
 @pytest.fixture(scope="session")
@@ -90,21 +83,4 @@ RunCli = Callable[[Sequence[str | Path]], Result]
 @pytest.fixture
 def run_cli() -> RunCli:
     """Invoke the `mrcnn` app in-process; stdout and stderr come back separately."""
-    from mrcnn_cli.cli import app
-
-    def invoke(args: Sequence[str | Path]) -> Result:
-        return CliRunner().invoke(app, [str(a) for a in args])
-
-    return invoke
-
-
-def invoke_cli(args: Sequence[str | Path]) -> Result:
-    """`run_cli` for module-scoped fixtures (which cannot use function-scoped ones)."""
-    from mrcnn_cli.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def json_summary(result: Result) -> dict:
-    """The summary a `--json` run printed on stdout."""
-    return json.loads(result.stdout)
+    return invoke_cli

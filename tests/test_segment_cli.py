@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import COCO_IMAGES, invoke_cli, json_summary
+from helpers import COCO_IMAGES, invoke_cli, json_summary
 
 import mrcnn_cli
 from mrcnn_cli import engine

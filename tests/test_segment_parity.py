@@ -23,11 +23,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import COCO_ANN, COCO_IMAGES, invoke_cli
+from helpers import COCO_ANN, COCO_IMAGES, invoke_cli
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+
+pytestmark = pytest.mark.slow  # R50 forward passes on real images
 
 SEED = 7
 MAX_DET = 20

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import invoke_cli
 
 from mrcnn_cli.errors import MrcnnError
 from mrcnn_cli.models.checkpoint import load_checkpoint
@@ -41,12 +42,14 @@ def _config(shapes: Path, out: Path, **kw) -> TrainConfig:
     return replace(base, **kw)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss(shapes, tmp_path):
     state = train(_config(shapes, tmp_path, steps=24, batch_size=2, lr=0.01, hflip=False))
     losses = [r["loss"] for r in state.history if "loss" in r]
     assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
 
 
+@pytest.mark.slow
 def test_training_writes_a_checkpoint_that_segment_can_load(shapes, tmp_path):
     train(_config(shapes, tmp_path, steps=2))
     loaded = load_model(str(tmp_path / "final.pt"), device="cpu")
@@ -56,6 +59,7 @@ def test_training_writes_a_checkpoint_that_segment_can_load(shapes, tmp_path):
     assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "curves.png").is_file()
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_an_uninterrupted_run(shapes, tmp_path):
     train(_config(shapes, tmp_path / "straight"))
 
@@ -83,6 +87,7 @@ def test_resume_without_a_previous_run_is_a_clear_error(shapes, tmp_path):
         train(_config(shapes, tmp_path, resume=True))
 
 
+@pytest.mark.slow
 def test_validation_keeps_the_best_checkpoint_with_its_metrics(shapes, tmp_path):
     cfg = _config(
         shapes,
@@ -160,3 +165,22 @@ def test_not_a_coco_file_is_an_error(shapes, tmp_path):
     path.write_text("[1, 2, 3]")
     with pytest.raises(MrcnnError, match="not a COCO annotation file"):
         CocoInstanceDataset(shapes / "images", path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "resnet9000"], "unknown architecture 'resnet9000'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--device", "cpu:3"], "one CPU device"),
+        (["--val-images", "."], "--val-images and --val-ann go together"),
+        (["--val-ann", "x.json"], "--val-images and --val-ann go together"),
+    ],
+)
+def test_a_train_usage_error_is_one_line_and_exit_2(shapes, tmp_path, args, message):
+    result = invoke_cli(["train", "--images", shapes / "images", "--ann",
+                         shapes / "instances.json", "-o", tmp_path, "--quiet", *args])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "last.pt").exists()

@@ -18,7 +18,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from conftest import invoke_cli
+from helpers import invoke_cli
 
 from mrcnn_cli import video
 from mrcnn_cli.detections import Detections
@@ -168,6 +168,7 @@ def test_stride_keeps_every_frame_and_frames_between_reuse_the_keyed_result(
     assert frame[2] != frame[0] and frame[4] != frame[2]  # keyed frames are predicted anew
 
 
+@pytest.mark.slow
 def test_start_and_end_select_the_frames_between_them(run_cli, lite, tmp_path):
     args = ["--start", "1.0", "--end", "1.3", "--save", "video,coco"]
     result = run_cli(["video", PETS, "--out", tmp_path, *args, *lite])
@@ -186,6 +187,7 @@ def test_summary_counts_frames(pets_run):
 # --- same results as images ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_frames_and_results_equal_segment_on_the_same_frames_as_png(
     run_cli, lite, tmp_path, pets_run
 ):
@@ -235,6 +237,7 @@ def test_without_libx264_the_mpeg4_fallback_is_used(monkeypatch):
     assert video.pick_encoder() == "mpeg4"
 
 
+@pytest.mark.slow
 def test_the_mpeg4_fallback_writes_a_playable_mp4_even_at_odd_sizes(run_cli, lite, tmp_path):
     clip = tmp_path / "odd.mp4"
     with av.open(str(clip), "w") as out:  # 4:2:0 H.264 cannot be odd-sized; 4:4:4 can
@@ -254,6 +257,7 @@ def test_the_mpeg4_fallback_writes_a_playable_mp4_even_at_odd_sizes(run_cli, lit
 # --- audio and rotation -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_aac_audio_track_is_copied_packet_for_packet(run_cli, lite, tmp_path):
     clip = make_clip(tmp_path / "talk.mp4", frames=2, audio="aac")
     result = run_cli(["video", clip, "--out", tmp_path / "out", *lite])
@@ -268,6 +272,7 @@ def test_an_aac_audio_track_is_copied_packet_for_packet(run_cli, lite, tmp_path)
     assert audio_payloads(output) == audio_payloads(clip)
 
 
+@pytest.mark.slow
 def test_audio_mp4_cannot_hold_is_reencoded_to_aac(run_cli, lite, tmp_path):
     clip = make_clip(tmp_path / "raw.mkv", frames=2, audio="pcm_u8")
     result = run_cli(["video", clip, "--out", tmp_path / "out", *lite])

@@ -9,7 +9,10 @@ and `train` read their annotation files through the same functions.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import difflib
+import io
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -21,7 +24,20 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from mrcnn_cli.errors import MrcnnError
-from mrcnn_cli.evaluation.metrics import indexed_coco
+
+
+def indexed_coco(dataset: dict[str, Any]) -> COCO:
+    """A COCO index over a dict, built without pycocotools' prints (the dict is not copied)."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def quiet_coco(gt: dict[str, Any]) -> COCO:
+    """Build a COCO index from a (copied) dict without pycocotools' prints."""
+    return indexed_coco(copy.deepcopy(gt))
 
 
 # ----------------------------------------------------------------------------- ground truth

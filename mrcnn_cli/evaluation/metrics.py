@@ -13,14 +13,13 @@ import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-if TYPE_CHECKING:
-    from mrcnn_cli.evaluation.coco_io import GroundTruth
+from mrcnn_cli.evaluation.coco_io import GroundTruth, indexed_coco
 
 STAT_NAMES = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -60,20 +59,6 @@ class CocoMetrics:
     @property
     def ap(self) -> float:
         return self.stats[0]
-
-
-def indexed_coco(dataset: dict[str, Any]) -> COCO:
-    """A COCO index over a dict, built without pycocotools' prints (the dict is not copied)."""
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def quiet_coco(gt: dict[str, Any]) -> COCO:
-    """Build a COCO index from a dict without pycocotools' prints."""
-    return indexed_coco(copy.deepcopy(gt))
 
 
 def load_results(coco_gt: COCO, results: Sequence[dict[str, Any]], iou_type: str) -> COCO:

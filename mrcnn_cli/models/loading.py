@@ -55,6 +55,8 @@ def pick_device(device: str) -> torch.device:
             raise MrcnnError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
         raise MrcnnError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    elif dev.index not in (None, 0):
+        raise MrcnnError(f"--device {device}: there is one CPU device; use cpu")
     return dev
 
 

@@ -21,7 +21,8 @@ from torchvision.models.detection import MaskRCNN
 
 from mrcnn_cli.atomic import atomic_path, write_json
 from mrcnn_cli.errors import MrcnnError
-from mrcnn_cli.evaluation.metrics import evaluate_results, quiet_coco
+from mrcnn_cli.evaluation.coco_io import quiet_coco
+from mrcnn_cli.evaluation.metrics import evaluate_results
 from mrcnn_cli.models.architectures import get_architecture
 from mrcnn_cli.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from mrcnn_cli.models.loading import LoadedModel, meta_and_state, pick_device
