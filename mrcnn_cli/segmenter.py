@@ -256,6 +256,10 @@ def _load(config: ModelConfig) -> LoadedModel:
 
 
 def _to_tensor(image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """RGB uint8 HxWx3 -> CxHxW in [0, 1], converted on the device (less to copy)."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)
+    """RGB uint8 HxWx3 -> CxHxW in [0, 1], converted on the device (less to copy).
+
+    A read-only array (`np.asarray(pil_image)`) is copied: torch cannot wrap it safely.
+    """
+    array = np.require(image, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+    t = torch.from_numpy(array).to(device, non_blocking=True)
     return t.permute(2, 0, 1).to(dtype).div_(255)
