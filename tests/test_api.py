@@ -233,3 +233,12 @@ def test_a_built_wheel_runs_the_demo_model_from_another_folder(tmp_path, example
                          capture_output=True, text=True, check=True)  # fmt: skip
     written = json.loads((elsewhere / "out" / "predictions.json").read_text())
     assert len(written) > 0 and json.loads(api.stdout) == written
+
+
+@pytest.mark.slow
+def test_the_api_example_script_runs(tmp_path):
+    script = PACKAGE.parent / "examples" / "api.py"
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert "job: 6 processed" in out.stdout
+    assert (tmp_path / "results_api" / "preview.jpg").is_file()
