@@ -21,6 +21,7 @@ IMAGE_SAVE_KINDS = ("overlay", "masks", "coco")
 VIDEO_SAVE_KINDS = ("video", "masks", "coco")
 IOU_TYPES = ("bbox", "segm")
 ROI_OPS = ("align", "pool")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 MaskFormat = Literal["instance", "binary", "semantic"]
 MASK_FORMATS: tuple[str, ...] = get_args(MaskFormat)
@@ -45,7 +46,8 @@ class ModelConfig:
     model: str = DEFAULT_MODEL
     weights: str | None = None
     device: str = "auto"
-    half: bool = False
+    precision: str = "fp32"  # fp32 (exact, torchvision's numbers) | bf16 | fp16 (CUDA)
+    channels_last: bool | None = None  # None: on for bf16/fp16, off for exact fp32
     score_thr: float = 0.5
     max_det: int = 100
     classes: tuple[str, ...] | None = None
@@ -58,14 +60,27 @@ class ModelConfig:
             raise MrcnnError("--score-thr and --mask-thr must be between 0 and 1")
         if self.max_det < 1:
             raise MrcnnError("--max-det must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise MrcnnError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
         if self.roi_op is not None and self.roi_op not in ROI_OPS:
             raise MrcnnError(f"--roi-op must be one of {', '.join(ROI_OPS)}, not {self.roi_op!r}")
 
     def output_settings(self) -> dict[str, Any]:
-        """Everything but the device: the same model on another device gives the same files."""
+        """Everything but the device: the same model on another device gives the same files
+        (up to the precision, which is part of the settings)."""
         settings = asdict(self)
         settings.pop("device")
+        settings["channels_last"] = self.channels_last_in_use
         return settings
+
+    @property
+    def channels_last_in_use(self) -> bool:
+        """Channels-last backbone: as asked, else on for the reduced precisions only."""
+        if self.channels_last is not None:
+            return self.channels_last
+        return self.precision != "fp32"
 
 
 def _check_batch_size(batch_size: int | None) -> None:

@@ -28,6 +28,8 @@ from mrcnn_cli.decode import decode_image
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.errors import MrcnnError
 from mrcnn_cli.models.loading import LoadedModel, default_batch_size, load_model
+from mrcnn_cli.models.precision import autocast, fp32_head_outputs
+from mrcnn_cli.models.threaded_roi import thread_roi_pooling
 from mrcnn_cli.postprocess import paste_masks, resolve_class_filter
 
 
@@ -71,7 +73,9 @@ class Segmenter:
     `model` is an architecture (`maskrcnn_resnet50_fpn`, `maskrcnn_resnet50_fpn_v2`), a
     bundled name (`demo`) or a checkpoint written by `mrcnn train`. `classes` keeps only
     those classes (names or category ids); `score_thr`, `max_det` and `mask_thr` are
-    applied as in torchvision. `batch_size` None picks the device's default.
+    applied as in torchvision. `precision` is fp32 (torchvision's numbers exactly), bf16
+    (CPUs with avx512_bf16/AMX, CUDA) or fp16 (CUDA; `half=True` says the same);
+    `channels_last` None follows the precision. `batch_size` None: the device's default.
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class Segmenter:
         max_det: int = 100,
         classes: Sequence[str | int] | None = None,
         mask_thr: float = 0.5,
+        precision: str = "fp32",
+        channels_last: bool | None = None,
         half: bool = False,
         roi_op: str | None = None,
         batch_size: int | None = None,
@@ -93,7 +99,8 @@ class Segmenter:
             model=model,
             weights=weights,
             device=device,
-            half=half,
+            precision="fp16" if half else precision,
+            channels_last=channels_last,
             score_thr=score_thr,
             max_det=max_det,
             classes=tuple(str(c) for c in classes) if classes else None,
@@ -116,14 +123,25 @@ class Segmenter:
     ) -> Segmenter:
         """Wrap a network that is already built (training evaluates its live model)."""
         seg = cls.__new__(cls)
-        seg._setup(loaded, config or ModelConfig(model=loaded.source or "model"), batch_size)
+        config = config or ModelConfig(model=loaded.source or "model")
+        seg._setup(loaded, config, batch_size, tune=False)  # leave a training model as it is
         return seg
 
-    def _setup(self, loaded: LoadedModel, config: ModelConfig, batch_size: int | None) -> None:
+    def _setup(
+        self, loaded: LoadedModel, config: ModelConfig, batch_size: int | None, tune: bool = True
+    ) -> None:
         if batch_size is not None and batch_size < 1:
             raise MrcnnError("--batch-size must be at least 1")
         self.loaded = loaded
         self.config = config
+        self.channels_last = tune and config.channels_last_in_use
+        if self.channels_last:
+            loaded.model.backbone.to(memory_format=torch.channels_last)
+        if tune:
+            threads = torch.get_num_threads() if loaded.device.type == "cpu" else 1
+            thread_roi_pooling(loaded.model, threads)
+            if config.precision != "fp32":
+                fp32_head_outputs(loaded.model)
         self.batch_size = default_batch_size(loaded.device, batch_size)
         self.keep_labels = resolve_class_filter(
             config.classes, loaded.class_names, loaded.category_ids
@@ -145,7 +163,8 @@ class Segmenter:
     def __repr__(self) -> str:
         return (
             f"Segmenter(model={self.config.model!r}, device={str(self.device)!r}, "
-            f"batch_size={self.batch_size}, score_thr={self.config.score_thr})"
+            f"precision={self.config.precision!r}, batch_size={self.batch_size}, "
+            f"score_thr={self.config.score_thr})"
         )
 
     # --- inference ----------------------------------------------------------------
@@ -205,11 +224,15 @@ class Segmenter:
         """The network stage by stage, then the class filter and the box-local paste."""
         loaded = self.loaded
         model = loaded.model
-        tensors = [_to_tensor(im, loaded.device, loaded.dtype) for im in images]
+        tensors = [_to_tensor(im, loaded.device) for im in images]
         batch, _ = model.transform(tensors)
-        features = model.backbone(batch.tensors)
-        proposals, _ = model.rpn(batch, features)
-        raw, _ = model.roi_heads(features, proposals, batch.image_sizes)
+        pixels = batch.tensors
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with autocast(self.config.precision, loaded.device):
+            features = model.backbone(pixels)
+            proposals, _ = model.rpn(batch, features)
+            raw, _ = model.roi_heads(features, proposals, batch.image_sizes)
         return [
             self._postprocess(out, resized, image.shape[:2])
             for out, resized, image in zip(raw, batch.image_sizes, images)
@@ -219,7 +242,7 @@ class Segmenter:
         self, out: dict[str, torch.Tensor], resized: tuple[int, int], size: tuple[int, ...]
     ) -> Detections:
         h, w = int(size[0]), int(size[1])
-        boxes = resize_boxes(out["boxes"], resized, (h, w))
+        boxes = resize_boxes(out["boxes"].float(), resized, (h, w))
         labels = out["labels"]
         if self.keep_labels is not None:
             keep = torch.tensor(
@@ -230,7 +253,7 @@ class Segmenter:
             boxes, labels, out = boxes[keep], labels[keep], {k: v[keep] for k, v in out.items()}
         masks = None
         if "masks" in out:
-            masks = paste_masks(out["masks"][:, 0], boxes, h, w, self.config.mask_thr)
+            masks = paste_masks(out["masks"][:, 0].float(), boxes, h, w, self.config.mask_thr)
         return Detections(
             boxes=boxes.float().cpu().numpy(),
             scores=out["scores"].float().cpu().numpy(),
@@ -248,18 +271,18 @@ def _load(config: ModelConfig) -> LoadedModel:
         config.model,
         config.weights,
         config.device,
-        config.half,
+        config.precision,
         config.roi_op,
         overrides,
         config.random_init_seed,
     )
 
 
-def _to_tensor(image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     """RGB uint8 HxWx3 -> CxHxW in [0, 1], converted on the device (less to copy).
 
     A read-only array (`np.asarray(pil_image)`) is copied: torch cannot wrap it safely.
     """
     array = np.require(image, requirements=["C_CONTIGUOUS", "WRITEABLE"])
     t = torch.from_numpy(array).to(device, non_blocking=True)
-    return t.permute(2, 0, 1).to(dtype).div_(255)
+    return t.permute(2, 0, 1).float().div_(255)

@@ -339,7 +339,7 @@ def test_roi_op_is_passed_to_the_model_loader(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_load_model(spec, weights, device, half, roi_op, overrides, seed):
+    def fake_load_model(spec, weights, device, precision, roi_op, overrides, seed):
         seen.update(spec=spec, roi_op=roi_op, overrides=overrides)
         raise MrcnnError("stop here")
 

@@ -223,9 +223,22 @@ def test_unknown_model_name_is_a_usage_error_listing_the_names():
     assert all(name in str(err.value) for name in ARCHITECTURES)
 
 
-def test_half_on_the_cpu_is_a_usage_error():
-    with pytest.raises(MrcnnError, match="--half needs a CUDA device"):
-        load_model(V1, device="cpu", half=True, random_init_seed=0)
+def test_fp16_on_the_cpu_is_a_usage_error():
+    with pytest.raises(MrcnnError, match=r"fp16 \(--half\) needs a CUDA device"):
+        load_model(V1, device="cpu", precision="fp16", random_init_seed=0)
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_is_a_usage_error(monkeypatch):
+    from mrcnn_cli.models import precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    with pytest.raises(MrcnnError, match="no native bfloat16"):
+        load_model(V1, device="cpu", precision="bf16", random_init_seed=0)
+
+
+def test_an_unknown_precision_is_a_usage_error():
+    with pytest.raises(MrcnnError, match="--precision must be one of fp32, bf16, fp16"):
+        load_model(V1, device="cpu", precision="int8", random_init_seed=0)
 
 
 def test_cuda_without_cuda_is_a_usage_error(monkeypatch):

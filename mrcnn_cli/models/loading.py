@@ -19,6 +19,7 @@ from mrcnn_cli.models.checkpoint import (
     load_checkpoint,
     read_torch_file,
 )
+from mrcnn_cli.models.precision import check_precision
 from mrcnn_cli.models.roi_ops import ROI_OPS
 from mrcnn_cli.models.weights import resolve_weights
 
@@ -28,9 +29,9 @@ class LoadedModel:
     model: MaskRCNN
     meta: ModelMeta
     device: torch.device
-    dtype: torch.dtype
     source: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -75,7 +76,7 @@ def load_model(
     spec: str,
     weights: str | None = None,
     device: str = "auto",
-    half: bool = False,
+    precision: str = "fp32",
     roi_op: str | None = None,
     overrides: dict[str, Any] | None = None,
     random_init_seed: int | None = None,
@@ -87,8 +88,7 @@ def load_model(
     the initialisation: the tests' way to run the COCO code paths with no checkpoint.
     """
     dev = pick_device(device)
-    if half and dev.type != "cuda":
-        raise MrcnnError("--half needs a CUDA device (fp16 on the CPU is slower, not faster)")
+    check_precision(precision, dev)
     if roi_op is not None and roi_op not in ROI_OPS:
         raise MrcnnError(f"--roi-op must be one of {', '.join(ROI_OPS)}, not {roi_op!r}")
 
@@ -103,9 +103,8 @@ def load_model(
     model = arch.build(meta.num_classes, **arch_options, **settings)
     if state is not None:
         _load_state(model, state, source)
-    dtype = torch.float16 if half else torch.float32
-    model.eval().to(dev, dtype)
-    return LoadedModel(model, meta, dev, dtype, source, settings)
+    model.eval().to(dev)  # weights stay fp32: reduced precisions run under autocast
+    return LoadedModel(model, meta, dev, source, settings, precision)
 
 
 def meta_and_state(

@@ -165,7 +165,7 @@ def evaluate_model(
     roi = model.roi_heads
     saved = (roi.score_thresh, roi.detections_per_img)
     roi.score_thresh, roi.detections_per_img = 0.05, 100
-    segmenter = Segmenter.from_loaded(LoadedModel(model, meta, device, torch.float32))
+    segmenter = Segmenter.from_loaded(LoadedModel(model, meta, device))
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     results: list[dict[str, Any]] = []
     for start in range(0, count, batch_size):
