@@ -415,6 +415,8 @@ def _glob(pattern: str, base: Path, rest: Sequence[str]) -> list[Path]:
     folder: with `glob.glob`, two links to `.` make `**` expand exponentially."""
     if "**" not in rest:
         return [Path(m) for m in glob.glob(pattern, recursive=True)]
+    # pathlib refuses `**` inside a component; glob.glob reads it as `*`, and so do we
+    rest = [part if part == "**" else re.sub(r"\*\*+", "*", part) for part in rest]
     matches = base.glob("/".join(rest))  # pathlib: `**` does not follow links
     if any(part.startswith(".") for part in rest):
         return list(matches)

@@ -377,6 +377,8 @@ def test_a_double_star_glob_does_not_follow_links_to_folders(tmp_path):
     items, failed = collect_sources([f"{tmp_path}/d/**/*.jpg"])
     assert rels(items) == ["sub/y.jpg", "x.jpg"]
     assert failed == []
+    items, _ = collect_sources([f"{tmp_path}/d/**/x**.jpg"])  # `**` in a name: like `*`
+    assert rels(items) == ["x.jpg"]
 
 
 # --- file names too long for outputs -----------------------------------------------------
