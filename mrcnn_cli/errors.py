@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mrcnn_cli.names import display_name
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
@@ -34,3 +36,13 @@ class FailedItem:
 
     path: Path | str
     reason: str
+
+    @property
+    def display_path(self) -> str:
+        """The path as printable UTF-8 on one line (see `names.display_name`), for output."""
+        return display_name(self.path)
+
+    @property
+    def display_reason(self) -> str:
+        """The reason, made safe the same way (it may quote an OS message with a name)."""
+        return display_name(self.reason)

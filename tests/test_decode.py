@@ -7,6 +7,7 @@ cannot write: palette and gray+alpha PNGs, EXIF orientation, and a CMYK JPEG.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -299,11 +300,14 @@ def test_missing_file_is_reported(tmp_path):
 def test_unreadable_file_is_reported_as_permission_denied(tmp_path, monkeypatch):
     # Tests may run as root, where chmod cannot make a file unreadable: simulate the OS error.
     path = write(tmp_path, "locked.jpg", encode(".jpg", marked_bgr()))
+    real_open = os.open
 
-    def deny(self):
-        raise PermissionError(13, "Permission denied", str(self))
+    def deny(file, *args, **kwargs):
+        if Path(file) == path:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", deny)
+    monkeypatch.setattr(os, "open", deny)
     assert reason(path) == "permission denied"
 
 

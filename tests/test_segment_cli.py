@@ -9,7 +9,7 @@ are checked against torchvision in test_segment_parity.py.
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 import shutil
 import struct
 import subprocess
@@ -157,16 +157,16 @@ def bad_inputs_run(tmp_path_factory, tiny_checkpoint):
     bad = [folder / name for name in BAD_REASONS]
     inputs = [IMAGE_A, *bad, COCO_IMAGES / "000000018575.jpg"]
 
-    real_read_bytes = pathlib.Path.read_bytes
+    real_open = os.open
 
-    def read_bytes(path: pathlib.Path) -> bytes:  # tests run as root: chmod cannot lock
-        if path.name == locked.name:
+    def os_open(path, *args, **kwargs):  # tests run as root: chmod cannot lock
+        if os.path.basename(path) == locked.name:
             raise PermissionError(13, "Permission denied", str(path))
-        return real_read_bytes(path)
+        return real_open(path, *args, **kwargs)
 
     out = folder / "out"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pathlib.Path, "read_bytes", read_bytes)
+        mp.setattr(os, "open", os_open)
         result = invoke_cli(segment_args(tiny_checkpoint, out, *inputs, extra=["--json"]))
     return result, out, bad
 

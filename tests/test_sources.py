@@ -304,3 +304,157 @@ def test_a_relative_glob_gives_relative_paths(tmp_path, monkeypatch):
     items, _ = collect_sources(["imgs/*.jpg"])
     assert [item.path for item in items] == [Path("imgs/a.jpg"), Path("imgs/b.jpg")]
     assert rels(items) == ["a.jpg", "b.jpg"]
+
+
+# --- only regular files, links that resolve ----------------------------------------------
+
+
+def test_a_fifo_in_a_folder_is_reported_and_never_opened(tmp_path):
+    (image,) = touch(tmp_path, "a.jpg")
+    os.mkfifo(tmp_path / "b.jpg")
+    os.mkfifo(tmp_path / "notes.fifo")  # not an image name: passed over silently
+    items, failed = collect_sources([tmp_path])
+    assert [i.path for i in items] == [image]
+    assert failed == [FailedItem(tmp_path / "b.jpg", "not a regular file (fifo)")]
+
+
+def test_a_device_named_explicitly_is_refused():
+    items, failed = collect_sources(["/dev/zero"])
+    assert items == []
+    assert failed == [FailedItem(Path("/dev/zero"), "not a regular file (character device)")]
+
+
+def test_link_loops_and_dangling_links_are_failures_not_crashes(tmp_path):
+    folder = tmp_path / "photos"
+    (real,) = touch(tmp_path, "elsewhere/d.jpg")
+    folder.mkdir()
+    (folder / "a.jpg").symlink_to(folder / "b.jpg")
+    (folder / "b.jpg").symlink_to(folder / "a.jpg")
+    (folder / "c.jpg").symlink_to(folder / "gone.jpg")
+    (folder / "e.jpg").symlink_to(real)  # a link to a file is taken
+    items, failed = collect_sources([folder])
+    assert [(i.path, i.rel.as_posix()) for i in items] == [(folder / "e.jpg", "e.jpg")]
+    assert failed == [
+        FailedItem(folder / "a.jpg", "symbolic link loop"),
+        FailedItem(folder / "b.jpg", "symbolic link loop"),
+        FailedItem(folder / "c.jpg", "broken symbolic link"),
+    ]
+    items, failed = collect_sources([folder / "a.jpg", f"{folder}/[ab].jpg"])
+    assert items == []
+    assert failed == [
+        FailedItem(folder / "a.jpg", "symbolic link loop"),
+        FailedItem(folder / "a.jpg", "symbolic link loop"),
+        FailedItem(folder / "b.jpg", "symbolic link loop"),
+        FailedItem(f"{folder}/[ab].jpg", "no images match this pattern"),
+    ]
+
+
+def test_a_list_file_must_be_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "inputs.txt")
+    items, failed = collect_sources([tmp_path / "inputs.txt"])
+    assert items == []
+    assert failed == [FailedItem(tmp_path / "inputs.txt", "not a regular file (fifo)")]
+
+
+def test_a_list_file_over_the_size_limit_is_refused(tmp_path, monkeypatch):
+    from mrcnn_cli import sources
+
+    monkeypatch.setattr(sources, "LIST_FILE_MAX_BYTES", 10)
+    listing = tmp_path / "big.txt"
+    listing.write_text("a.jpg\nb.jpg\nc.jpg\n")
+    _, failed = collect_sources([listing])
+    assert failed == [
+        FailedItem(
+            listing, "cannot read list file: file too large: 18 bytes exceeds the 10-byte limit"
+        )
+    ]
+
+
+def test_a_double_star_glob_does_not_follow_links_to_folders(tmp_path):
+    touch(tmp_path, "d/x.jpg", "d/sub/y.jpg", "d/.hidden/z.jpg")
+    (tmp_path / "d/loop1").symlink_to(tmp_path / "d")
+    (tmp_path / "d/loop2").symlink_to(tmp_path / "d")
+    items, failed = collect_sources([f"{tmp_path}/d/**/*.jpg"])
+    assert rels(items) == ["sub/y.jpg", "x.jpg"]
+    assert failed == []
+    items, _ = collect_sources([f"{tmp_path}/d/**/x**.jpg"])  # `**` in a name: like `*`
+    assert rels(items) == ["x.jpg"]
+
+
+# --- file names too long for outputs -----------------------------------------------------
+
+
+def test_the_name_limit_leaves_room_for_output_suffixes_and_temp_names(tmp_path):
+    from mrcnn_cli.sources import OUTPUT_NAME_OVERHEAD, max_input_name_bytes
+
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    assert max_input_name_bytes(tmp_path) == name_max - OUTPUT_NAME_OVERHEAD
+    assert max_input_name_bytes(tmp_path / "not" / "yet") == name_max - OUTPUT_NAME_OVERHEAD
+    # the longest name an output gets: a video's predictions, written atomically
+    stem = "s" * (max_input_name_bytes(tmp_path) - len(".mkv"))
+    temp = f".{stem}.predictions.json.XXXXXXXX.json"
+    assert len(temp) <= name_max
+
+
+def test_a_name_too_long_for_its_outputs_is_a_failure(tmp_path):
+    ok_name = "o" * 11 + ".jpg"
+    long_name = "l" * 12 + ".jpg"
+    ok, long = touch(tmp_path, ok_name, long_name)
+    items, failed = collect_sources([tmp_path], max_name_bytes=15)
+    assert [i.path for i in items] == [ok]
+    assert failed == [FailedItem(long, "file name too long for outputs (16 bytes; limit 15)")]
+
+
+def test_the_name_limit_counts_bytes_not_characters(tmp_path):
+    (path,) = touch(tmp_path, "é" * 8 + ".jpg")  # 12 characters, 20 bytes
+    _, failed = collect_sources([path], max_name_bytes=19)
+    assert failed == [FailedItem(path, "file name too long for outputs (20 bytes; limit 19)")]
+
+
+def test_a_name_that_is_not_utf8_is_taken(tmp_path):
+    name = os.fsdecode(b"caf\xe9.jpg")
+    (path,) = touch(tmp_path, name)
+    items, failed = collect_sources([tmp_path])
+    assert [i.path for i in items] == [path]
+    assert items[0].rel == PurePosixPath(name)
+    assert failed == []
+
+
+# --- the output folder is never input ------------------------------------------------------
+
+
+def test_a_walk_skips_the_excluded_output_folder(tmp_path):
+    touch(tmp_path, "photos/a.jpg", "photos/results/overlays/a.jpg", "photos/sub/b.jpg")
+    items, failed = collect_sources([tmp_path / "photos"], exclude=[tmp_path / "photos/results"])
+    assert rels(items) == ["a.jpg", "sub/b.jpg"]
+    assert failed == []
+
+
+def test_an_explicit_file_or_folder_inside_the_output_folder_is_a_failure(tmp_path):
+    (inside,) = touch(tmp_path, "out/overlays/a.jpg")
+    out = tmp_path / "out"
+    items, failed = collect_sources([inside, out, out / "overlays"], exclude=[out])
+    assert items == []
+    assert failed == [
+        FailedItem(inside, "is inside the output folder"),
+        FailedItem(out, "is inside the output folder"),
+        FailedItem(out / "overlays", "is inside the output folder"),
+    ]
+
+
+def test_exclusion_compares_real_paths(tmp_path, monkeypatch):
+    touch(tmp_path, "photos/a.jpg", "photos/results/x.jpg")
+    (tmp_path / "alias").symlink_to(tmp_path / "photos")
+    (tmp_path / "photos/link.jpg").symlink_to(tmp_path / "photos/results/x.jpg")
+    monkeypatch.chdir(tmp_path)
+    items, failed = collect_sources(["photos", "alias/*"], exclude=["alias/results"])
+    assert [i.path for i in items] == [Path("photos/a.jpg")]
+    assert failed == []
+    _, failed = collect_sources(["alias/results/x.jpg"], exclude=[tmp_path / "photos/results"])
+    assert failed == [FailedItem(Path("alias/results/x.jpg"), "is inside the output folder")]
+
+
+def test_an_output_folder_that_does_not_exist_yet_excludes_nothing(tmp_path):
+    touch(tmp_path, "photos/a.jpg")
+    items, _ = collect_sources([tmp_path / "photos"], exclude=[tmp_path / "photos/results"])
+    assert rels(items) == ["a.jpg"]
