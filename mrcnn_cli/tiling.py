@@ -14,9 +14,12 @@ the common area matters for an object cut by a seam: each window holds only its 
 part, and over the whole object those parts may overlap by less than half, but inside
 the strip both windows saw they coincide. Matches join transitively, strongest first
 (an object over three tiles is one group), but a group never holds two detections of
-one prediction. A group becomes one instance: mask = union, box = the union mask's
-bounds, score = the best. Unmerged detections keep the model's box and mask. Then the
-best `max_det` by score are kept.
+one prediction, and a full-pass detection never joins two groups of tile detections
+(a coarse blob over two neighbours would otherwise fuse them). A group becomes one
+instance: mask = the union of its tile masks (the finest view; a full-pass mask only
+where no tile found the object), box = that mask's bounds, score = the best.
+Unmerged detections keep the model's box and mask. Then the best `max_det` by score
+are kept.
 
 Memory: tiles are cut as views a batch at a time, each window's masks are cropped to
 their bounding boxes at once, and full-image masks are only built for the kept
@@ -177,22 +180,31 @@ def _candidate_pairs(pieces: Sequence[_Piece]) -> Iterator[tuple[int, int]]:
                 yield int(i) + start, int(j)
 
 
+def _area(piece: _Piece) -> int:
+    """Pixels in the piece's window: smaller means the model saw it at a finer scale."""
+    return piece.window.width * piece.window.height
+
+
 def _groups(pieces: Sequence[_Piece], threshold: float) -> list[list[int]]:
     """Groups of pieces that are one object: union-find over matching pairs.
 
-    Strongest match first (IoS, then IoU), and a group never takes two pieces of the
-    same prediction: the model's own NMS already judged those distinct, and without
-    this rule a weak duplicate could ride into a group through a third piece and bloat
-    its mask.
+    Pairs of one scale (tile with tile) join first, then pairs across scales (the
+    full pass with a tile); strongest match first within each (IoS, then IoU). Two
+    rules keep distinct objects apart: a group never takes two pieces of the same
+    prediction (the model's own NMS judged those distinct), and a coarse piece never
+    joins two groups that both hold finer pieces (a coarse blob over two neighbours
+    contains both, IoS 1 with each, yet they are two objects).
     """
     matches = []
     for i, j in _candidate_pairs(pieces):
         ios, iou = _overlap_in_common_area(pieces[i], pieces[j])
         if ios >= threshold:
-            matches.append((-ios, -iou, i, j))  # IoU breaks IoS ties (a part inside a whole)
+            cross = _area(pieces[i]) != _area(pieces[j])
+            matches.append((cross, -ios, -iou, i, j))  # IoU breaks IoS ties
     matches.sort()
     parent = list(range(len(pieces)))
     sources = [{p.source} for p in pieces]
+    scales = [{_area(p)} for p in pieces]
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -200,12 +212,17 @@ def _groups(pieces: Sequence[_Piece], threshold: float) -> list[list[int]]:
             i = parent[i]
         return i
 
-    for _, _, i, j in matches:
+    for cross, _, _, i, j in matches:
         ri, rj = root(i), root(j)
-        if ri != rj and not sources[ri] & sources[rj]:
-            ri, rj = min(ri, rj), max(ri, rj)
-            parent[rj] = ri
-            sources[ri] |= sources[rj]
+        if ri == rj or sources[ri] & sources[rj]:
+            continue
+        finer = min(_area(pieces[i]), _area(pieces[j]))
+        if cross and finer in scales[ri] and finer in scales[rj]:
+            continue
+        ri, rj = min(ri, rj), max(ri, rj)
+        parent[rj] = ri
+        sources[ri] |= sources[rj]
+        scales[ri] |= scales[rj]
     groups: dict[int, list[int]] = {}
     for i in range(len(pieces)):
         groups.setdefault(root(i), []).append(i)
@@ -213,11 +230,19 @@ def _groups(pieces: Sequence[_Piece], threshold: float) -> list[list[int]]:
 
 
 def _merged(pieces: Sequence[_Piece]) -> _Piece:
-    """One piece for a group: union mask, box from its bounds, best score."""
+    """One piece for a group: the finest view's union mask, its bounds, the best score.
+
+    The model sees a smaller window at a finer scale, so only the pieces of the group's
+    finest scale shape the mask (tiles of one size simply unite); a coarser full-pass
+    piece lends its score but not its blurrier outline.
+    """
     if len(pieces) == 1:
         return pieces[0]
     best = max(pieces, key=lambda p: p.score)
-    live = [p for p in pieces if p.mask.size]
+    finest = min(_area(p) for p in pieces)
+    live = [p for p in pieces if _area(p) == finest and p.mask.size]
+    if not live:  # cannot happen for a matched group (both masks meet); be safe
+        return best
     x0 = min(p.bounds[0] for p in live)
     y0 = min(p.bounds[1] for p in live)
     x1 = max(p.bounds[2] for p in live)
@@ -226,7 +251,7 @@ def _merged(pieces: Sequence[_Piece]) -> _Piece:
     for p in live:
         px0, py0, px1, py1 = p.bounds
         union[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0] |= p.mask
-    box = np.array([x0, y0, x1, y1], np.float32)  # union of non-empty crops: tight already
+    box = np.array([x0, y0, x1, y1], np.float32)  # bounds of non-empty crops: tight already
     return _Piece(best.source, best.window, best.label, best.score, box, x0, y0, union)
 
 
