@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from mrcnn_cli.detections import Detections
+from mrcnn_cli.evaluate import evaluate_results, quiet_coco
 from mrcnn_cli.tiling import Window, segment_tiled, tile_windows
+from mrcnn_cli.train.mosaic import mosaic_dataset
+from mrcnn_cli.writers.coco import detections_to_results
 
 CLASS_NAMES = ("__background__", "circle", "square")
 CATEGORY_IDS = (0, 1, 2)
@@ -104,12 +107,22 @@ def box_of(mask: np.ndarray) -> list[float]:
 
 
 class IdealModel:
-    """Returns every visible part of every Thing in each tile; records the batches."""
+    """Returns every visible part of every Thing in each tile; records the batches.
 
-    def __init__(self, things: list[Thing], full_score: float | None = None) -> None:
+    `full_things`, if given, is what it sees instead when shown the whole image.
+    """
+
+    def __init__(
+        self,
+        things: list[Thing],
+        full_score: float | None = None,
+        full_things: list[Thing] | None = None,
+    ) -> None:
         self.things = things
         self.full_score = full_score
+        self.full_things = full_things
         self.batches: list[int] = []
+        self.shape = (things or full_things or [Thing(np.zeros((0, 0), bool))])[0].mask.shape
 
     def __call__(self, tiles: Sequence[np.ndarray]) -> list[Detections]:
         self.batches.append(len(tiles))
@@ -119,7 +132,9 @@ class IdealModel:
         x0, y0 = tile_origin(tile)
         h, w = tile.shape[:2]
         boxes, scores, labels, masks = [], [], [], []
-        for thing in self.things:
+        whole_image = self.shape == (h, w)
+        things = self.full_things if whole_image and self.full_things is not None else self.things
+        for thing in things:
             part = thing.mask[y0 : y0 + h, x0 : x0 + w]
             if part.any():
                 whole = part.shape == thing.mask.shape
@@ -233,6 +248,27 @@ def test_the_full_image_pass_is_merged_with_the_tiles() -> None:
     np.testing.assert_array_equal(dets.masks[0], obj)  # type: ignore[index]
 
 
+def test_a_full_pass_blob_over_two_neighbours_does_not_fuse_them() -> None:
+    """The coarse view sees one blob over two objects the tiles told apart."""
+    a = rect(128, 256, 60, 30, 100, 90)  # only the first tile sees a (x < 102) ...
+    b = rect(128, 256, 131, 30, 170, 90)  # ... only the second sees b (x >= 128)
+    blob = Thing(rect(128, 256, 58, 28, 172, 92), score=0.99)
+    model = IdealModel([Thing(a), Thing(b, score=0.8)], full_things=[blob])
+    dets = segment_tiled(model, coordinate_image(128, 256), 128, 0.2, full=True)
+    assert len(dets) == 2
+    masks = sorted(dets.masks, key=lambda m: int(np.argmax(m.any(axis=0))))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(masks[0], a)
+    np.testing.assert_array_equal(masks[1], b)
+
+
+def test_a_full_pass_object_no_tile_found_is_kept_with_its_own_mask() -> None:
+    big = disc(256, 256, cx=128, cy=128, r=110)
+    model = IdealModel([], full_things=[Thing(big, label=2, score=0.6)])
+    dets = segment_tiled(model, coordinate_image(256, 256), 128, 0.2, full=True)
+    assert len(dets) == 1 and dets.labels[0] == 2
+    np.testing.assert_array_equal(dets.masks[0], big)  # type: ignore[index]
+
+
 def test_the_full_pass_of_a_one_window_image_is_merged_too() -> None:
     obj = rect(100, 100, 10, 10, 60, 60)
     model = IdealModel([Thing(obj)], full_score=0.8)
@@ -283,3 +319,35 @@ def test_predictions_without_masks_are_refused() -> None:
 def test_a_predict_that_drops_images_is_refused() -> None:
     with pytest.raises(ValueError, match="results for"):
         segment_tiled(lambda tiles: [], coordinate_image(200, 200), 128)
+
+
+# ----------------------------------------------------------------------------- accuracy
+@pytest.fixture(scope="module")
+def demo_predict() -> Callable[[Sequence[np.ndarray]], list[Detections]]:
+    """The demo model as a batch predict function; the one place to swap for a Segmenter."""
+    from mrcnn_cli.inference import predict
+    from mrcnn_cli.models import load_model
+
+    loaded = load_model("demo", device="cpu", overrides={"box_score_thresh": 0.05})
+    return lambda images: predict(loaded, images)
+
+
+@pytest.mark.slow
+def test_tiling_beats_untiled_inference_on_large_mosaics_by_a_wide_margin(
+    demo_predict: Callable[[Sequence[np.ndarray]], list[Detections]],
+) -> None:
+    """Mosaics of 3x3 scenes at 128 px: untiled, the model shrinks them 3x and misses most.
+
+    Measured (seed 7, 2 mosaics, 42 objects): segm AP 0.15 untiled, 0.69 tiled.
+    """
+    images, gt = mosaic_dataset(seed=7, count=2, grid=3)
+    coco_gt = quiet_coco(gt)
+    untiled, tiled = [], []
+    for image_id, image in enumerate(images, 1):
+        untiled += detections_to_results(demo_predict([image])[0], image_id)
+        dets = segment_tiled(demo_predict, image, size=128, overlap=0.2, max_det=200)
+        tiled += detections_to_results(dets, image_id)
+    ap_untiled = evaluate_results(coco_gt, untiled, "segm").ap
+    ap_tiled = evaluate_results(coco_gt, tiled, "segm").ap
+    assert ap_tiled > ap_untiled + 0.3, (ap_tiled, ap_untiled)
+    assert ap_tiled > 0.6
