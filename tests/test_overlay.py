@@ -14,6 +14,7 @@ from mrcnn_cli.writers.overlay import (
     annotate,
     class_color,
     overlay_path,
+    place_labels,
     write_overlay,
 )
 
@@ -118,3 +119,65 @@ def test_write_overlay_writes_an_rgb_correct_jpeg(tmp_path: Path) -> None:
     b, g, r = bgr[20, 30]
     assert r > 240 and g < 15 and b < 15
     assert [p.name for p in path.parent.iterdir()] == ["red.jpg"], "no temp file left behind"
+
+
+# ----------------------------------------------------------------------------- label placement
+def strips_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    (al, at, aw, ah), (bl, bt, bw, bh) = a, b
+    return al < bl + bw and bl < al + aw and at < bt + bh and bt < at + ah
+
+
+def test_labels_of_two_overlapping_boxes_get_strips_that_do_not_overlap() -> None:
+    boxes = [(40, 50, 120, 120), (45, 52, 125, 118)]
+    first, second = place_labels(boxes, [(70, 16), (70, 16)], 200, 300)
+    assert not strips_overlap(first, second)
+
+
+def test_the_first_label_keeps_the_place_above_its_box() -> None:
+    (strip,) = place_labels([(40, 50, 120, 120)], [(70, 16)], 200, 300)
+    assert strip == (40, 34, 70, 16)
+
+
+def test_a_crowded_label_moves_inside_then_below_its_box() -> None:
+    box = (40, 50, 120, 120)
+    strips = place_labels([box, box, box], [(70, 16)] * 3, 200, 300)
+    assert [s[1] for s in strips] == [34, 50, 121], "above, inside the top edge, below"
+    assert {s[0] for s in strips} == {40}
+
+
+def test_every_placed_label_lies_inside_the_image() -> None:
+    boxes = [(0, 0, 30, 20), (180, 90, 199, 99), (5, 80, 60, 99), (150, 0, 199, 10)]
+    for left, top, w, h in place_labels(boxes, [(60, 14)] * 4, 100, 200):
+        assert 0 <= left and left + w <= 200 and 0 <= top and top + h <= 100
+
+
+def test_with_no_clear_spot_a_label_goes_to_its_natural_place() -> None:
+    box = (10, 10, 40, 30)
+    strips = place_labels([box] * 10, [(30, 10)] * 10, 40, 50)
+    assert strips[-1] == (10, 0, 30, 10), "above the box, clamped into the image"
+
+
+def test_many_labels_are_placed_quickly() -> None:
+    import time
+
+    rng = np.random.default_rng(0)
+    xy = rng.integers(0, 900, size=(300, 2))
+    boxes = [(int(x), int(y), int(x) + 60, int(y) + 40) for x, y in xy]
+    start = time.perf_counter()
+    place_labels(boxes, [(80, 18)] * 300, 1000, 1000)
+    assert time.perf_counter() - start < 1.0  # measured ~0.02 s; generous for a busy CPU
+
+
+def test_two_overlapping_detections_show_both_labels_in_full() -> None:
+    h, w = 120, 200
+    masks = np.zeros((2, h, w), bool)
+    masks[0, 50:100, 40:120] = True
+    masks[1, 52:98, 44:124] = True
+    boxes = [[40, 50, 120, 100], [44, 52, 124, 98]]
+    dets = Detections(boxes, [0.9, 0.8], [1, 2], masks, CLASS_NAMES, CATEGORY_IDS)
+    together = annotate(gray(h, w), dets, LABELS_ONLY)
+    for k, label in enumerate((1, 2)):
+        alone = annotate(gray(h, w), dets[np.array([k])], LABELS_ONLY)
+        shown = np.all(together == class_color(label), axis=-1).sum()
+        full = np.all(alone == class_color(label), axis=-1).sum()
+        assert shown == full, f"label {label}'s strip is partly covered"

@@ -1,8 +1,10 @@
 """Writers: turn one image's `Detections` into files under the output folder.
 
 overlay.py draws a preview JPEG, masks.py writes mask PNGs, coco.py builds COCO result
-entries. The path rule they share lives here so every writer mirrors the input tree the
-same way: `<out_dir>/<kind>/<rel with a new suffix>`.
+entries; yolo.py, labelme.py and cvat.py write polygon labels (outlines from
+polygons.py), csv_table.py a table of objects, crops.py RGBA cut-outs. The path rule
+they share lives here so every writer mirrors the input tree the same way:
+`<out_dir>/<kind>/<rel with a new suffix>`.
 """
 
 from __future__ import annotations

@@ -105,12 +105,16 @@ def _write_binary(folder: Path, dets: Detections, height: int, width: int) -> li
     paths = [folder / name for name in binary_mask_names(dets)]
     for path, mask in zip(paths, masks, strict=True):
         write_bytes(path, _png_bytes(mask.astype(np.uint8) * 255))
-    _remove_stale_binary(folder, keep=set(paths))
+    remove_stale_instance_files(folder, keep=set(paths))
     return paths
 
 
-def _remove_stale_binary(folder: Path, keep: set[Path]) -> None:
-    """Drop instance PNGs left by an earlier run that found more instances."""
+def remove_stale_instance_files(folder: Path, keep: set[Path]) -> None:
+    """Drop `<k>_<class>.png` files left by an earlier run that found more instances.
+
+    Shared by every writer that puts one PNG per instance in a per-image folder (binary
+    masks, crops): a rerun must not leave instance 7 of 7 beside a new result of 5.
+    """
     if not folder.is_dir():
         return
     for path in folder.iterdir():

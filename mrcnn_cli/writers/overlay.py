@@ -1,11 +1,14 @@
 """Preview JPEGs: translucent masks, outlines, boxes and "label score" tags on the image.
 
 Drawing touches only the pixels around each instance, so a 100-instance overlay on a
-large photo costs about what the masks cover, not 100 full-image copies.
+large photo costs about what the masks cover, not 100 full-image copies. In crowded
+images each label takes the first of a few spots around its box (above, inside the top,
+below, ...) that no label placed before it covers (`place_labels`), best score first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 import cv2
@@ -99,25 +102,90 @@ def label_text(name: str, score: float) -> str:
     return f"{name} {score:.2f}"
 
 
+Strip = tuple[int, int, int, int]  # left, top, width, height of a label strip
+
+
+def label_strip_size(text: str, scale: float, thickness: int) -> tuple[int, int]:
+    """(width, height) of the filled strip `_draw_label` puts behind `text`."""
+    (tw, th), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
+    pad = max(1, thickness)
+    return tw + 2 * pad, th + baseline + 2 * pad
+
+
+def _label_spots(
+    box: tuple[int, int, int, int], size: tuple[int, int], height: int, width: int
+) -> list[Strip]:
+    """Where a box's label may go, best first, each fully inside the image.
+
+    Above the box, inside its top edge, below it, inside its bottom edge; left-aligned
+    with the box, then right-aligned (shifted into the image where it would stick out).
+    """
+    x1, y1, x2, y2 = box
+    w, h = size
+    lefts = [x1, x2 - w + 1]
+    tops = [y1 - h, y1, y2 + 1, y2 - h + 1]
+    spots = []
+    for left in lefts:
+        left = max(0, min(left, width - w))
+        spots += [(left, top, w, h) for top in tops if 0 <= top <= height - h]
+    return spots
+
+
+def _fallback_spot(
+    box: tuple[int, int, int, int], size: tuple[int, int], height: int, width: int
+) -> Strip:
+    """Above the box, or inside its top edge, clamped into the image whatever it covers."""
+    w, h = size
+    top = box[1] - h if box[1] - h >= 0 else box[1]
+    return max(0, min(box[0], width - w)), max(0, min(top, height - h)), w, h
+
+
+def place_labels(
+    boxes: Sequence[tuple[int, int, int, int]],
+    sizes: Sequence[tuple[int, int]],
+    height: int,
+    width: int,
+) -> list[Strip]:
+    """A strip per box, greedily: each takes its first spot clear of those placed before.
+
+    Boxes come in priority order (the caller passes the best-scoring first, so it keeps
+    the natural place above its box); a label with no clear spot left goes to its
+    natural place anyway. Pure and cheap: at most 8 candidate spots per label, each
+    tested against the placed strips at once with numpy.
+    """
+    placed = np.zeros((0, 4), np.int64)  # left, top, right, bottom (exclusive)
+    strips: list[Strip] = []
+    for box, size in zip(boxes, sizes, strict=True):
+        choice = _fallback_spot(box, size, height, width)
+        for left, top, w, h in _label_spots(box, size, height, width):
+            clear = (
+                (placed[:, 0] >= left + w)
+                | (placed[:, 2] <= left)
+                | (placed[:, 1] >= top + h)
+                | (placed[:, 3] <= top)
+            )
+            if clear.all():
+                choice = (left, top, w, h)
+                break
+        left, top, w, h = choice
+        placed = np.vstack([placed, [left, top, left + w, top + h]])
+        strips.append(choice)
+    return strips
+
+
 def _draw_label(
     out: np.ndarray,
     text: str,
-    box: tuple[int, int, int, int],
+    strip: Strip,
     color: tuple[int, int, int],
     scale: float,
     thickness: int,
 ) -> None:
-    """A filled strip with the text, above the box, or just inside it at the top edge."""
-    height, width = out.shape[:2]
-    (tw, th), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
+    """A filled strip with the text in it, at the spot `place_labels` chose."""
+    left, top, w, h = strip
+    (_, th), _ = cv2.getTextSize(text, _FONT, scale, thickness)
     pad = max(1, thickness)
-    strip_h = th + baseline + 2 * pad
-    strip_w = tw + 2 * pad
-    x1, y1 = box[0], box[1]
-    top = y1 - strip_h if y1 - strip_h >= 0 else y1
-    top = max(0, min(top, height - strip_h))
-    left = max(0, min(x1, width - strip_w))
-    cv2.rectangle(out, (left, top), (left + strip_w - 1, top + strip_h - 1), color, cv2.FILLED)
+    cv2.rectangle(out, (left, top), (left + w - 1, top + h - 1), color, cv2.FILLED)
     cv2.putText(
         out,
         text,
@@ -148,12 +216,21 @@ def annotate(image: np.ndarray, dets: Detections, style: OverlayStyle | None = N
     if style.show_boxes:
         for i in order:
             cv2.rectangle(out, boxes[i][:2], boxes[i][2:], class_color(dets.labels[i]), line_width)
-    if style.show_labels:
+    if style.show_labels and len(dets):
         names = dets.names
         thickness = max(1, round(scale * 1.5))
-        for i in order:
-            text = label_text(names[i], float(dets.scores[i]))
-            _draw_label(out, text, boxes[i], class_color(dets.labels[i]), scale, thickness)
+        texts = [label_text(names[i], float(dets.scores[i])) for i in range(len(dets))]
+        first = order[::-1]  # best score first: it keeps the natural place
+        strips = place_labels(
+            [boxes[i] for i in first],
+            [label_strip_size(texts[i], scale, thickness) for i in first],
+            height,
+            width,
+        )
+        strip_of = dict(zip(first.tolist(), strips))
+        for i in order:  # painted like the masks: the best label ends on top
+            color = class_color(dets.labels[i])
+            _draw_label(out, texts[i], strip_of[int(i)], color, scale, thickness)
     return out
 
 

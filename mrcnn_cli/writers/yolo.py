@@ -1,0 +1,99 @@
+"""Ultralytics YOLO-seg labels: `yolo/labels/<rel>.txt` per image, `yolo/data.yaml` once.
+
+A label line is `class x1 y1 x2 y2 ...`: the class is the instance's position among the
+model's real classes (no `__background__`, no `N/A`; see classes.py), the vertices are
+pixel centres divided by the image width / height, 6 decimals.
+
+One line per instance, the Ultralytics convention: its dataset loader reads each line as
+one object, and its own converters (`convert_coco`, `masks2segments`) put a multi-part
+mask on one line by joining the parts with zero-width bridges; we do the same
+(`polygons.join_polygons`). supervision writes a line per part instead, which a reader
+then counts as separate objects. Holes are filled (outer outlines only). An instance
+with no polygon (a one-pixel or one-pixel-wide mask) gets no line. An image with no
+detections gets an empty file, which Ultralytics reads as a background image.
+
+Ultralytics finds labels by swapping `images` for `labels` in an image's path, so to
+train on the output put (or link) the inputs at `yolo/images/<rel>`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from mrcnn_cli.atomic import write_text
+from mrcnn_cli.detections import Detections
+from mrcnn_cli.writers import output_path
+from mrcnn_cli.writers.classes import dense_class_index, real_class_names
+from mrcnn_cli.writers.polygons import join_polygons, mask_to_polygons
+
+
+def yolo_label_lines(dets: Detections, height: int, width: int, epsilon: float = 0.0) -> list[str]:
+    """One `class x y x y ...` line per instance that has a polygon, in `dets` order."""
+    if len(dets) and dets.masks is None:
+        raise ValueError("detections have no masks; YOLO-seg labels need a mask model")
+    index = dense_class_index(dets.class_names)
+    scale = np.array([width, height], np.float64)
+    lines = []
+    for i in range(len(dets)):
+        label = int(dets.labels[i])
+        if label not in index:
+            raise ValueError(f"label {label} ({dets.class_names[label]!r}) is not a real class")
+        assert dets.masks is not None
+        parts = mask_to_polygons(dets.masks[i], epsilon=epsilon)
+        if not parts:
+            continue
+        points = np.clip(join_polygons(parts) / scale, 0.0, 1.0).reshape(-1)
+        lines.append(" ".join([str(index[label]), *(f"{v:.6f}" for v in points)]))
+    return lines
+
+
+def yolo_label_text(dets: Detections, height: int, width: int, epsilon: float = 0.0) -> str:
+    """A label file's text: the lines, newline-terminated; "" with no instances."""
+    lines = yolo_label_lines(dets, height, width, epsilon)
+    return "".join(line + "\n" for line in lines)
+
+
+def data_yaml_text(class_names: Sequence[str]) -> str:
+    """data.yaml with `nc` and `names` (index -> name) of the real classes.
+
+    Names are written as JSON strings, which YAML reads as double-quoted scalars, so a
+    name with a colon, quote or non-ASCII letter needs no YAML library.
+    """
+    names = real_class_names(class_names)
+    lines = [
+        "# YOLO-seg labels written by mrcnn; labels/<rel>.txt mirrors the input tree",
+        f"nc: {len(names)}",
+        "names:",
+        *(f"  {k}: {json.dumps(name)}" for k, name in enumerate(names)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def yolo_label_path(out_dir: Path, rel: PurePosixPath | str) -> Path:
+    """`<out_dir>/yolo/labels/<rel with suffix .txt>`."""
+    return output_path(Path(out_dir) / "yolo", "labels", rel, ".txt")
+
+
+def write_yolo_labels(
+    out_dir: Path,
+    rel: PurePosixPath | str,
+    dets: Detections,
+    height: int,
+    width: int,
+    epsilon: float = 0.0,
+) -> Path:
+    """Write one image's label file (empty with no detections), atomically."""
+    path = yolo_label_path(out_dir, rel)
+    write_text(path, yolo_label_text(dets, height, width, epsilon))
+    return path
+
+
+def write_yolo_data_yaml(out_dir: Path, class_names: Sequence[str]) -> Path:
+    """Write `<out_dir>/yolo/data.yaml`, atomically."""
+    path = Path(out_dir) / "yolo" / "data.yaml"
+    write_text(path, data_yaml_text(class_names))
+    return path
