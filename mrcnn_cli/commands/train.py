@@ -37,6 +37,13 @@ def train_command(
     roi_op: RoiOpOpt = "align",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads.")] = None,
     device: Annotated[str, typer.Option("--device")] = "cpu",
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="fp32 | bf16 (autocast: CPUs with avx512_bf16/AMX, CUDA) | fp16 (CUDA).",
+        ),
+    ] = "fp32",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -62,6 +69,7 @@ def train_command(
         roi_op=roi_op or "align",
         threads=threads,
         device=device,
+        precision=precision,
         resume=resume,
     )
     console = Console(stderr=True)

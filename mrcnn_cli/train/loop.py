@@ -26,6 +26,8 @@ from mrcnn_cli.evaluation.metrics import evaluate_results
 from mrcnn_cli.models.architectures import get_architecture
 from mrcnn_cli.models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from mrcnn_cli.models.loading import LoadedModel, meta_and_state, pick_device
+from mrcnn_cli.models.precision import autocast, check_precision, fp32_head_outputs
+from mrcnn_cli.models.threaded_roi import thread_roi_pooling
 from mrcnn_cli.segmenter import Segmenter
 from mrcnn_cli.train.dataset import CocoInstanceDataset
 
@@ -66,6 +68,7 @@ class TrainConfig:
     threads: int | None = None
     resume: bool = False
     device: str = "cpu"
+    precision: str = "fp32"  # bf16: autocast on CPUs with avx512_bf16/AMX, or CUDA
     max_val_images: int | None = None
     arch_options: dict[str, Any] = field(default_factory=dict)
 
@@ -196,6 +199,7 @@ def train(
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = pick_device(cfg.device)
+    check_precision(cfg.precision, device)
     if (cfg.val_images is None) != (cfg.val_ann is None):
         raise MrcnnError("--val-images and --val-ann go together")
     get_architecture(cfg.arch)  # an unknown --arch fails before the data is read
@@ -205,6 +209,10 @@ def train(
 
     model, meta = build_for_training(cfg, dataset)
     model.to(device).train()
+    if cfg.precision != "fp32":  # the inference path's arrangements, for the same reasons
+        model.backbone.to(memory_format=torch.channels_last)
+        fp32_head_outputs(model)
+        thread_roi_pooling(model, threads=1)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -226,7 +234,9 @@ def train(
     while state.step < cfg.steps:
         indices, flips = batch_plan(cfg, len(dataset), state.step)
         images, targets = load_batch(dataset, indices, flips, device)
-        losses = model(images, targets)
+        with autocast(cfg.precision, device):
+            losses = model(images, targets)
+        losses = {k: v.float() for k, v in losses.items()}
         total = sum(losses.values())
         if not torch.isfinite(total):
             raise MrcnnError(f"loss became {float(total)} at step {state.step}; lower --lr")
