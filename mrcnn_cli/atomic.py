@@ -1,6 +1,8 @@
 """The one way this package writes files: to a temp file beside the target, then rename.
 
 A run that is killed mid-write leaves either the old file or the new one, never half.
+A killed run can leave its temp files (`.{name}.tmp~XXXXXXXX{suffix}`) behind; the next
+run on that folder removes them (`remove_stale_temp_files`, under the output lock).
 """
 
 from __future__ import annotations
@@ -21,6 +23,25 @@ def _umask() -> int:
 
 
 _DEFAULT_MODE = 0o666 & ~_umask()
+TEMP_MARK = ".tmp~"  # in every temp name, so stale ones can be found and removed
+
+
+def remove_stale_temp_files(folder: Path | str) -> int:
+    """Delete temp files a killed run left anywhere below `folder`; return how many.
+
+    Only call this while holding the folder's output lock: a running writer's temp
+    file looks the same.
+    """
+    removed = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            if name.startswith(".") and TEMP_MARK in name:
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
 
 
 @contextmanager
@@ -33,7 +54,7 @@ def atomic_path(target: Path | str, suffix: str | None = None) -> Iterator[Path]
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.",
+        prefix=f".{target.name}{TEMP_MARK}",
         suffix=suffix if suffix is not None else target.suffix,
         dir=target.parent,
     )

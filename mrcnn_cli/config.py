@@ -17,7 +17,7 @@ from mrcnn_cli.errors import MrcnnError
 DEFAULT_MAX_PIXELS = 178_956_970
 DEFAULT_MODEL = "maskrcnn_resnet50_fpn"
 
-IMAGE_SAVE_KINDS = ("overlay", "masks", "coco")
+IMAGE_SAVE_KINDS = ("overlay", "masks", "coco", "yolo", "labelme", "cvat", "csv", "crops")
 VIDEO_SAVE_KINDS = ("video", "masks", "coco")
 IOU_TYPES = ("bbox", "segm")
 ROI_OPS = ("align", "pool")
@@ -53,6 +53,9 @@ class ModelConfig:
     classes: tuple[str, ...] | None = None
     mask_thr: float = 0.5
     roi_op: str | None = None
+    tile: int | None = None  # sliced inference: tiles of this many pixels (None: whole image)
+    tile_overlap: float = 0.2
+    tile_full: bool = False  # with tiles, also the whole image (for large objects)
     random_init_seed: int | None = None  # tests and benchmarks: seeded random weights
 
     def validate(self) -> None:
@@ -64,6 +67,12 @@ class ModelConfig:
             raise MrcnnError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
             )
+        if self.tile is not None and self.tile < 16:
+            raise MrcnnError("--tile must be at least 16 pixels")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise MrcnnError("--tile-overlap must be at least 0 and below 1")
+        if self.tile_full and self.tile is None:
+            raise MrcnnError("--tile-full adds a whole-image pass to tiles: give --tile SIZE")
         if self.roi_op is not None and self.roi_op not in ROI_OPS:
             raise MrcnnError(f"--roi-op must be one of {', '.join(ROI_OPS)}, not {self.roi_op!r}")
 
@@ -73,6 +82,9 @@ class ModelConfig:
         settings = asdict(self)
         settings.pop("device")
         settings["channels_last"] = self.channels_last_in_use
+        if self.tile is None:  # tile settings change nothing without tiles
+            settings.pop("tile_overlap")
+            settings.pop("tile_full")
         return settings
 
     @property
@@ -128,13 +140,14 @@ class SegmentConfig:
         }
 
     def video_config(self) -> VideoConfig:
-        """Videos met by `mrcnn segment`: overlays become the MP4, masks and COCO per frame."""
+        """Videos met by `mrcnn segment`: overlays become the MP4, masks and COCO per frame
+        (the labelling and table formats are for images; videos get none of them)."""
         kinds = {"overlay": "video", "masks": "masks", "coco": "coco"}
         return VideoConfig(
             out=self.out,
             model=self.model,
             batch_size=self.batch_size,
-            save=tuple(kinds[k] for k in self.save),
+            save=tuple(kinds[k] for k in self.save if k in kinds) or ("video",),
             overwrite=self.overwrite,
             overlay_style=self.overlay_style,
         )

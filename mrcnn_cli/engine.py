@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -25,17 +26,20 @@ from mrcnn_cli.detections import Detections
 from mrcnn_cli.errors import FailedItem
 from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
 from mrcnn_cli.journal import Journal, settings_hash, write_failures
+from mrcnn_cli.names import display_name
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
-from mrcnn_cli.runs import model_fingerprint, prepare_run
+from mrcnn_cli.runs import model_fingerprint, prepared_run
 from mrcnn_cli.segmenter import ImageError, Segmenter
 from mrcnn_cli.sources import SourceItem
 from mrcnn_cli.video.job import process_video
-from mrcnn_cli.writers.coco import assign_image_ids, write_images_file, write_predictions
+from mrcnn_cli.writers import output_path
+from mrcnn_cli.writers.coco import assign_image_ids
+from mrcnn_cli.writers.crops import crops_folder, write_crops
+from mrcnn_cli.writers.labelme import labelme_path, write_labelme
 from mrcnn_cli.writers.masks import write_masks
 from mrcnn_cli.writers.overlay import overlay_path, write_overlay
-
-PREDICTIONS_FILE = "predictions.json"
-IMAGES_FILE = "images.json"
+from mrcnn_cli.writers.run_files import write_run_files
+from mrcnn_cli.writers.yolo import write_yolo_labels, yolo_label_path
 
 
 def output_settings(cfg: SegmentConfig, batch_size: int) -> dict[str, Any]:
@@ -107,7 +111,11 @@ def batched(
 
 
 class ImageWriter:
-    """Writes one image's requested outputs, then records it in the journal."""
+    """Writes one image's requested outputs, then records it in the journal.
+
+    The record (with the image's COCO results, which the run-level files are built
+    from) is written last: a record means every output of the image is on disk.
+    """
 
     def __init__(
         self, cfg: SegmentConfig, journal: Journal, digest: str, image_ids: dict[str, int]
@@ -117,23 +125,60 @@ class ImageWriter:
     def __call__(self, decoded: Decoded, dets: Detections) -> int:
         item, image = decoded.item, decoded.image
         h, w = image.shape[:2]
-        out = self.cfg.out
-        if "overlay" in self.cfg.save:
+        out, save = self.cfg.out, self.cfg.save
+        if "overlay" in save:
             write_overlay(overlay_path(out, item.rel), image, dets, self.cfg.overlay_style)
-        if "masks" in self.cfg.save:
+        if "masks" in save:
             write_masks(out, item.rel, dets, h, w, self.cfg.mask_format)
+        if "yolo" in save:
+            write_yolo_labels(out, item.rel, dets, h, w)
+        if "labelme" in save:
+            write_labelme(out, item.rel, item.path, dets, h, w)
+        if "crops" in save:
+            write_crops(out, item.rel, image, dets)
         image_id = self.image_ids[str(item.rel)]
-        results = dets.to_coco(image_id) if "coco" in self.cfg.save else []
         self.journal.record(
             item.rel,
             source=item.path,
             image_id=image_id,
             width=w,
             height=h,
-            results=results,
+            results=dets.to_coco(image_id),
             settings_hash=self.digest,
         )
         return len(dets)
+
+
+def outputs_exist(cfg: SegmentConfig, rel: PurePosixPath, detections: int) -> bool:
+    """Whether an image's per-image files are all still there (resume redoes it if not).
+
+    Folder outputs (binary masks, crops) exist only for images with detections.
+    """
+    out, save = cfg.out, cfg.save
+    files = []
+    if "overlay" in save:
+        files.append(overlay_path(out, rel))
+    if "masks" in save and cfg.mask_format != "binary":
+        files.append(output_path(out, "masks", rel, ".png"))
+    if "yolo" in save:
+        files.append(yolo_label_path(out, rel))
+    if "labelme" in save:
+        files.append(labelme_path(out, rel))
+    folders = []
+    if detections:
+        if "masks" in save and cfg.mask_format == "binary":
+            folders.append(output_path(out, "masks", rel, ""))
+        if "crops" in save:
+            folders.append(crops_folder(out, rel))
+    return all(f.is_file() for f in files) and all(d.is_dir() for d in folders)
+
+
+def is_done(cfg: SegmentConfig, journal: Journal, rel: PurePosixPath, digest: str) -> bool:
+    """Recorded under the current settings, and its files not deleted since."""
+    record = journal.load(rel)
+    if record is None or record.settings_hash != digest:
+        return False
+    return outputs_exist(cfg, rel, record.num_detections)
 
 
 def run_segment(
@@ -144,29 +189,39 @@ def run_segment(
     """Run the whole job; per-file problems end up in the summary, not as exceptions.
 
     `segmenter` reuses a loaded model (else one is built from `cfg.model`); `progress`
-    is told about every item (the CLI draws a bar; None runs silent).
+    is told about every item (the CLI draws a bar; None runs silent). The output folder
+    is locked for the run's duration.
     """
     cfg.validate()
-    run = prepare_run(
-        cfg.inputs, frozenset({"image", "video"}), cfg.out, cfg.model, cfg.batch_size, segmenter
-    )
-    videos = [it for it in run.items if it.kind == "video"]  # each counts as one item here
-    items = [it for it in run.items if it.kind == "image"]
+    kinds = frozenset({"image", "video"})
+    with prepared_run(cfg.inputs, kinds, cfg.out, cfg.model, cfg.batch_size, segmenter) as run:
+        return _segment(cfg, run.items, run.failures, run.segmenter, run.batch_size, progress)
+
+
+def _segment(
+    cfg: SegmentConfig,
+    sources: list[SourceItem],
+    failures: list[FailedItem],
+    segmenter: Segmenter,
+    batch_size: int,
+    progress: ProgressListener | None,
+) -> RunSummary:
+    videos = [it for it in sources if it.kind == "video"]  # each counts as one item here
+    items = [it for it in sources if it.kind == "image"]
     journal = Journal(cfg.out)
     if cfg.overwrite:
         journal.clear()
-    digest = settings_hash(output_settings(cfg, run.batch_size))
+    digest = settings_hash(output_settings(cfg, batch_size))
     known = image_ids_from_annotations(cfg.ann) if cfg.ann else None
     image_ids = assign_image_ids([it.rel for it in items], known)
     writer = ImageWriter(cfg, journal, digest, image_ids)
 
-    total = len(items) + len(videos) + len(run.failures)
-    with Tally(total, listener=progress) as tally:
-        for failed in run.failures:
+    with Tally(len(items) + len(videos) + len(failures), listener=progress) as tally:
+        for failed in failures:
             tally.fail(failed)
         todo = []
         for it in items:
-            if journal.is_done(it.rel, digest):
+            if is_done(cfg, journal, it.rel, digest):
                 tally.skip()
             else:
                 todo.append(it)
@@ -179,16 +234,17 @@ def run_segment(
                 journal.forget(rel_of[str(item.path)])
             tally.fail(item)
 
-        _run(cfg, run.segmenter, run.batch_size, items, todo, writer, tally, fail)
+        _run(cfg, segmenter, batch_size, items, todo, writer, tally, fail)
         if videos:  # frames go through the same Segmenter; outputs as `mrcnn video` writes them
             video_cfg = cfg.video_config()
             for video in videos:
-                process_video(video, video_cfg, run.segmenter, run.batch_size).count_in(tally)
+                process_video(video, video_cfg, segmenter, batch_size).count_in(tally)
 
-        if "coco" in cfg.save:
-            results, images = journal.assemble([it.rel for it in items], digest, image_ids)
-            write_predictions(cfg.out / PREDICTIONS_FILE, results)
-            write_images_file(cfg.out / IMAGES_FILE, images)
+        rels = [it.rel for it in items]
+        names, ids = segmenter.class_names, segmenter.category_ids
+        for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
+                                      names, ids):  # fmt: skip
+            tally.fail(failed)
         summary = tally.summary()
     write_failures(cfg.out, summary.failed)
     return summary
@@ -222,8 +278,9 @@ def _run(
                 done, fut = in_flight.popleft()
                 try:
                     tally.advance(detections=fut.result())
-                except (OSError, ValueError) as exc:
-                    fail(FailedItem(done.item.path, f"cannot write outputs: {exc}"))
+                except Exception as exc:  # one image's outputs failed; the run goes on
+                    reason = f"cannot write outputs: {display_name(str(exc))}"
+                    fail(FailedItem(done.item.path, reason))
 
         for batch in batched(decoded, [len(g) for g in groups], fail_todo):
             predicted = segmenter.predict_batch([d.image for d in batch])

@@ -159,7 +159,8 @@ class Journal:
 
 
 def failure_to_json(item: FailedItem) -> dict[str, str]:
-    return {"path": str(item.path), "reason": item.reason}
+    """Printable UTF-8 on one line, whatever bytes the file name holds."""
+    return {"path": item.display_path, "reason": item.display_reason}
 
 
 def write_failures(out_dir: Path, failures: list[FailedItem]) -> Path | None:

@@ -57,7 +57,7 @@ class RunSummary:
             "detections": self.detections,
             "seconds": round(self.seconds, 3),
             "rate": round(self.rate, 3),
-            "failures": [{"path": str(f.path), "reason": f.reason} for f in self.failed],
+            "failures": [{"path": f.display_path, "reason": f.display_reason} for f in self.failed],
         }
 
 

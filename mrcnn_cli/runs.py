@@ -1,22 +1,25 @@
-"""What every job does before its first image: check, collect, prepare the output, load.
+"""What every job does before its first image: lock the output, collect, load the model.
 
-`segment`, `video` and `eval` (through `segment`) all start with `prepare_run`, so an
-input or output problem reads the same whichever command meets it, and none of them
-loads a model before the cheap checks have passed.
+`segment`, `video` and `eval` (through `segment`) all run inside `prepared_run`, so an
+input or output problem reads the same whichever command meets it, two runs never
+write one folder at once, and no model is loaded before the cheap checks have passed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mrcnn_cli.atomic import remove_stale_temp_files
 from mrcnn_cli.config import ModelConfig
 from mrcnn_cli.errors import FailedItem, MrcnnError
+from mrcnn_cli.lock import OutputLock
 from mrcnn_cli.models.bundled import bundled_or_path
 from mrcnn_cli.segmenter import Segmenter
-from mrcnn_cli.sources import SourceItem, collect_sources
+from mrcnn_cli.sources import SourceItem, collect_sources, max_input_name_bytes
 
 
 @dataclass
@@ -42,22 +45,31 @@ def prepare_output(out: Path) -> None:
         raise MrcnnError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
 
 
-def prepare_run(
+@contextmanager
+def prepared_run(
     inputs: Sequence[str],
     kinds: frozenset[str],
     out: Path,
     model: ModelConfig,
     batch_size: int | None = None,
     segmenter: Segmenter | None = None,
-) -> PreparedRun:
-    """Collect the inputs, prepare `out`, then load the model (or take the one given)."""
-    items, failures = collect_sources(inputs, kinds=kinds)
-    if not items and not failures:
-        raise MrcnnError("no inputs given")
+) -> Iterator[PreparedRun]:
+    """Hold `out`'s lock for the whole run; inside it, collect inputs, load the model.
+
+    A second run on the same folder is refused with the holder's pid and host; temp
+    files a killed run left are removed first; nothing under `out` is ever an input.
+    """
     prepare_output(out)
-    if segmenter is None:
-        segmenter = Segmenter.from_config(model, batch_size)
-    return PreparedRun(items, failures, segmenter, batch_size or segmenter.batch_size)
+    with OutputLock(out):
+        remove_stale_temp_files(out)
+        items, failures = collect_sources(
+            inputs, kinds=kinds, exclude=[out], max_name_bytes=max_input_name_bytes(out)
+        )
+        if not items and not failures:
+            raise MrcnnError("no inputs given")
+        if segmenter is None:
+            segmenter = Segmenter.from_config(model, batch_size)
+        yield PreparedRun(items, failures, segmenter, batch_size or segmenter.batch_size)
 
 
 def file_fingerprint(path: str | None) -> list[Any] | None:

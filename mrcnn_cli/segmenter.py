@@ -31,6 +31,7 @@ from mrcnn_cli.models.loading import LoadedModel, default_batch_size, load_model
 from mrcnn_cli.models.precision import autocast, fp32_head_outputs
 from mrcnn_cli.models.threaded_roi import thread_roi_pooling
 from mrcnn_cli.postprocess import paste_masks, resolve_class_filter
+from mrcnn_cli.tiling import segment_tiled
 
 
 class SegmentationError(Exception):
@@ -75,7 +76,10 @@ class Segmenter:
     those classes (names or category ids); `score_thr`, `max_det` and `mask_thr` are
     applied as in torchvision. `precision` is fp32 (torchvision's numbers exactly), bf16
     (CPUs with avx512_bf16/AMX, CUDA) or fp16 (CUDA; `half=True` says the same);
-    `channels_last` None follows the precision. `batch_size` None: the device's default.
+    `channels_last` None follows the precision. `tile` runs each image as overlapping
+    tiles of that many pixels at native resolution (small objects in large images; see
+    tiling.py), merged back into one set of detections, plus the whole image with
+    `tile_full`. `batch_size` None: the device's default (tiles are batched with it).
     """
 
     def __init__(
@@ -92,6 +96,9 @@ class Segmenter:
         channels_last: bool | None = None,
         half: bool = False,
         roi_op: str | None = None,
+        tile: int | None = None,
+        tile_overlap: float = 0.2,
+        tile_full: bool = False,
         batch_size: int | None = None,
         random_init_seed: int | None = None,
     ) -> None:
@@ -106,6 +113,9 @@ class Segmenter:
             classes=tuple(str(c) for c in classes) if classes else None,
             mask_thr=mask_thr,
             roi_op=roi_op,
+            tile=tile,
+            tile_overlap=tile_overlap,
+            tile_full=tile_full,
             random_init_seed=random_init_seed,
         )
         self._setup(_load(config), config, batch_size)
@@ -186,13 +196,13 @@ class Segmenter:
         for frame in frames:
             batch.append(as_rgb(frame))
             if len(batch) == size:
-                yield from self._raising(batch)
+                yield from self._raising(self.predict_batch(batch))
                 batch = []
         if batch:
-            yield from self._raising(batch)
+            yield from self._raising(self.predict_batch(batch))
 
-    def _raising(self, images: list[np.ndarray]) -> Iterator[Detections]:
-        for result in self.predict_batch(images):
+    def _raising(self, results: list[Detections | ImageError]) -> Iterator[Detections]:
+        for result in results:
             if isinstance(result, ImageError):
                 raise SegmentationError(result.reason)
             yield result
@@ -201,8 +211,31 @@ class Segmenter:
         """One forward pass over decoded RGB images; a failure comes back as an `ImageError`.
 
         A batch that fails (out of memory, or an error in the network) is retried image
-        by image, so only the images that fail alone are lost.
+        by image, so only the images that fail alone are lost. With tiles, each image is
+        its own run of tile batches.
         """
+        if self.config.tile is not None:
+            return [self._tiled(image) for image in images]
+        return self._whole_images(images)
+
+    def _tiled(self, image: np.ndarray) -> Detections | ImageError:
+        cfg = self.config
+        try:
+            return segment_tiled(
+                lambda tiles: list(self._raising(self._whole_images(tiles))),
+                image,
+                cfg.tile,
+                cfg.tile_overlap,
+                cfg.tile_full,
+                self.batch_size,
+                max_det=cfg.max_det,
+            )
+        except SegmentationError as exc:
+            return ImageError(str(exc))
+        except Exception as exc:  # this image fails alone, whatever went wrong in merging
+            return ImageError(_failure_reason(exc))
+
+    def _whole_images(self, images: Sequence[np.ndarray]) -> list[Detections | ImageError]:
         try:
             return list(self._forward(images))
         except Exception as exc:  # the retry below decides which images really fail
@@ -212,7 +245,7 @@ class Segmenter:
         self._release_memory()
         out: list[Detections | ImageError] = []
         for image in images:
-            out.extend(self.predict_batch([image]))
+            out.extend(self._whole_images([image]))
         return out
 
     def _release_memory(self) -> None:

@@ -45,7 +45,7 @@ LIST_FILE_MAX_BYTES = 64 * 1024 * 1024
 
 # Bytes that outputs add to an input's file name: the longest output name made from it is
 # `{stem}.predictions.json` (a video's predictions; +17 with the stem no longer than the
-# name), and atomic.py writes it first as `.{that}.{8 random characters}.json` (+15).
+# name), and atomic.py writes it first as `.{that}.tmp~{8 random characters}.json` (+19).
 # Rounded up to leave room for a new output kind.
 OUTPUT_NAME_OVERHEAD = 40
 DEFAULT_NAME_MAX = 255

@@ -77,6 +77,13 @@ def _model_option_parameters(score_thr: float, score_help: str, with_classes: bo
         ("mask_thr", 0.5, Annotated[float, typer.Option(
             "--mask-thr", min=0.0, max=1.0, help="Mask probability threshold.")]),
         ("roi_op", None, RoiOpOpt),
+        ("tile", None, Annotated[int | None, typer.Option(
+            "--tile", min=16, help="Sliced inference: run overlapping tiles of this many pixels "
+            "at native resolution and merge them (small objects in large images).")]),
+        ("tile_overlap", 0.2, Annotated[float, typer.Option(
+            "--tile-overlap", min=0.0, max=0.9, help="Overlap between tiles, a fraction.")]),
+        ("tile_full", False, Annotated[bool, typer.Option(
+            "--tile-full", help="With --tile, also run the whole image (large objects).")]),
         ("random_weights", None, Annotated[int | None, typer.Option(
             "--random-weights", hidden=True, help="Seeded random init (tests, benchmarks).")]),
     ]  # fmt: skip
@@ -128,6 +135,9 @@ def model_options(
                 classes=tuple(names_given) if names_given else None,
                 mask_thr=v["mask_thr"],
                 roi_op=v["roi_op"],
+                tile=v["tile"],
+                tile_overlap=v["tile_overlap"],
+                tile_full=v["tile_full"],
                 random_init_seed=v["random_weights"],
             )
             if wants_given:
@@ -191,9 +201,9 @@ def finish_run(summary, quiet: bool, json_out: bool) -> None:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def parse_save_kinds(value: str, allowed: str) -> tuple[str, ...]:
-    """`--save overlay,coco` -> ('overlay', 'coco'), order kept, duplicates dropped."""
-    kinds = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
-    if not kinds:
-        raise MrcnnError(f"--save needs at least one of {allowed}")
-    return kinds
+def parse_save_kinds(value: str) -> tuple[str, ...]:
+    """`--save overlay,coco` -> ('overlay', 'coco'), order kept, duplicates dropped.
+
+    The job's config checks the kinds against what it can write.
+    """
+    return tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))

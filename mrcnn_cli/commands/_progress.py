@@ -95,7 +95,7 @@ class RichProgress:
         self._update(1, worked=1)
         if not self.quiet:
             self.console.print(
-                f"[red]failed[/] {escape(str(item.path))}: {escape(item.reason)}",
+                f"[red]failed[/] {escape(item.display_path)}: {escape(item.display_reason)}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -126,7 +126,7 @@ def failures_table(failures: list[FailedItem]) -> Table:
     table.add_column("path", overflow="fold")
     table.add_column("reason", overflow="fold")
     for item in failures:
-        table.add_row(Text(str(item.path)), Text(item.reason))
+        table.add_row(Text(item.display_path), Text(item.display_reason))
     return table
 
 

@@ -164,7 +164,7 @@ def _print_problems(outcome) -> None:
         )
         for item in outcome.missing[:_SHOWN_MISSING]:
             err_console.print(
-                f"  {escape(str(item.path))}: {escape(item.reason)}",
+                f"  {escape(item.display_path)}: {escape(item.display_reason)}",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -30,7 +30,13 @@ def segment_command(
     model_config: ModelConfig,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("results"),
     save: Annotated[
-        str, typer.Option("--save", help="Comma-separated: overlay, masks, coco.")
+        str,
+        typer.Option(
+            "--save",
+            help="Comma-separated: overlay, masks, coco (predictions.json), yolo (YOLO-seg "
+            "labels), labelme (JSON per image), cvat (cvat.xml), csv (objects.csv), crops "
+            "(RGBA cut-outs).",
+        ),
     ] = "overlay,coco",
     mask_format: Annotated[
         str, typer.Option("--mask-format", help="instance (16-bit ids) | binary | semantic.")
@@ -57,7 +63,7 @@ def segment_command(
             out=out,
             model=model_config,
             batch_size=batch_size,
-            save=parse_save_kinds(save, "overlay, masks, coco"),
+            save=parse_save_kinds(save),
             mask_format=mask_format,
             ann=ann,
             overwrite=overwrite,

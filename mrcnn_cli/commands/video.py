@@ -87,7 +87,7 @@ def video_command(
             start=start,
             end=end,
             max_frames=max_frames,
-            save=parse_save_kinds(save, "video, masks, coco"),
+            save=parse_save_kinds(save),
             overwrite=overwrite,
             codec=codec,
             crf=crf,

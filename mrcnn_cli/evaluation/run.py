@@ -27,6 +27,7 @@ from mrcnn_cli.evaluation.coco_io import (
 from mrcnn_cli.evaluation.metrics import TypeResult, evaluate_type, image_scores, worst_images
 from mrcnn_cli.evaluation.report import plot_pr_curves, primary_type, type_to_dict
 from mrcnn_cli.progress import ProgressListener
+from mrcnn_cli.writers.run_files import PREDICTIONS_FILE
 
 if TYPE_CHECKING:
     from mrcnn_cli.segmenter import Segmenter
@@ -102,7 +103,7 @@ def predict_with_model(
     Class filtering is left to COCOeval (not the model), as in COCO's own protocol:
     the 100-detection budget per image is shared by all classes either way.
     """
-    from mrcnn_cli.engine import PREDICTIONS_FILE, run_segment  # torch only in model mode
+    from mrcnn_cli.engine import run_segment  # torch only in model mode
 
     assert cfg.model is not None
     seg = SegmentConfig(
@@ -179,7 +180,7 @@ def run_eval(
             notes.append("gallery of worst images skipped: give --images DIR to draw it")
         else:
             gallery, problems = _gallery(cfg, gt, checked, results, paths, cat_ids)
-            notes += [f"gallery: {p.path}: {p.reason}" for p in problems]
+            notes += [f"gallery: {p.display_path}: {p.display_reason}" for p in problems]
     files += gallery
 
     document = _document(
@@ -237,7 +238,7 @@ def _document(
         "images": {
             "annotated": len(gt.image_ids),
             "evaluated": len(image_ids),
-            "missing": [{"path": str(m.path), "reason": m.reason} for m in missing],
+            "missing": [{"path": m.display_path, "reason": m.display_reason} for m in missing],
         },
         "detections": {
             "total": checked.total,

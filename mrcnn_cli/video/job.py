@@ -19,7 +19,7 @@ from mrcnn_cli.config import VideoConfig
 from mrcnn_cli.errors import DecodeError, FailedItem
 from mrcnn_cli.journal import Journal, settings_hash, write_failures
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
-from mrcnn_cli.runs import model_fingerprint, prepare_run
+from mrcnn_cli.runs import model_fingerprint, prepared_run
 from mrcnn_cli.segmenter import SegmentationError, Segmenter
 from mrcnn_cli.sources import SourceItem
 from mrcnn_cli.video.encoder import pick_encoder
@@ -174,35 +174,45 @@ def run_videos(
     cfg.validate()
     if cfg.codec is not None and "video" in cfg.save:
         pick_encoder(cfg.codec)
-    run = prepare_run(
-        cfg.inputs, frozenset({"video"}), cfg.out, cfg.model, cfg.batch_size, segmenter
-    )
+    kinds = frozenset({"video"})
+    with prepared_run(cfg.inputs, kinds, cfg.out, cfg.model, cfg.batch_size, segmenter) as run:
+        summary = _run_videos(cfg, run.items, run.failures, run.segmenter, run.batch_size, progress)
+        # The bar's total was an estimate from the headers; the summary counts what happened.
+        summary = replace(summary, total=summary.processed + summary.skipped + len(summary.failed))
+        write_failures(cfg.out, summary.failed)
+    return summary
+
+
+def _run_videos(
+    cfg: VideoConfig,
+    items: list[SourceItem],
+    failures: list[FailedItem],
+    segmenter: Segmenter,
+    batch_size: int,
+    progress: ProgressListener | None,
+) -> RunSummary:
     window = FrameWindow(cfg.start, cfg.end, cfg.max_frames)
 
     probed: list[tuple[SourceItem, VideoInfo | FailedItem]] = []
-    for item in run.items:
+    for item in items:
         try:
             probed.append((item, probe_video(item.path)))
         except DecodeError as exc:
             probed.append((item, FailedItem(item.path, str(exc))))
-    total = len(run.failures) + sum(
+    total = len(failures) + sum(
         1 if isinstance(info, FailedItem) else info.expected_frames(window) for _, info in probed
     )
 
     with Tally(total, unit="frames", description="video", listener=progress) as tally:
-        for failed in run.failures:
+        for failed in failures:
             tally.fail(failed)
         for item, info in probed:
             if isinstance(info, FailedItem):
                 tally.fail(info)
                 continue
-            outcome = process_video(item, cfg, run.segmenter, run.batch_size, tally.advance, info)
+            outcome = process_video(item, cfg, segmenter, batch_size, tally.advance, info)
             if outcome.skipped:
                 tally.skip(info.expected_frames(window))
             if outcome.failure is not None:
                 tally.fail(outcome.failure)
-        summary = tally.summary()
-    # The bar's total was an estimate from the headers; the summary counts what happened.
-    summary = replace(summary, total=summary.processed + summary.skipped + len(summary.failed))
-    write_failures(cfg.out, summary.failed)
-    return summary
+        return tally.summary()
