@@ -376,3 +376,19 @@ def test_model_mode_equals_segment_then_eval_pred(gt, tmp_path):
     assert {p["image_id"] for p in predictions} == {first["id"]}
     assert a["metrics"] == b["metrics"] and a["detections"] == b["detections"]
     assert b["mode"] == "model" and b["model"]["score_thr"] == 0.001
+
+
+def test_the_gallery_enlarges_small_images_so_labels_stay_readable():
+    from mrcnn_cli.detections import Detections
+    from mrcnn_cli.evaluation.gallery import enlarged
+
+    image = np.zeros((128, 96, 3), np.uint8)
+    mask = np.zeros((1, 128, 96), bool)
+    mask[0, 10:20, 30:40] = True
+    dets = Detections([[30, 10, 40, 20]], [0.9], [1], mask, ("bg", "a"), (0, 1))
+    big, big_dets = enlarged(image, dets)
+    assert big.shape == (512, 384, 3)
+    np.testing.assert_array_equal(big_dets.boxes, [[120, 40, 160, 80]])
+    assert big_dets.masks.shape == (1, 512, 384) and big_dets.masks.sum() == 16 * mask.sum()
+    photo = np.zeros((333, 500, 3), np.uint8)
+    assert enlarged(photo, dets[np.zeros(1, bool)])[0] is photo

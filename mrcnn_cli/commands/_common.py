@@ -7,6 +7,7 @@ import inspect
 import sys
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -156,6 +157,16 @@ def model_options(
 
 
 # --- other options shared by several commands ------------------------------------
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output folder.")]
+
+
+def output_folder(value: str) -> Path:
+    """`--out` as a Path; an empty value is an error (Path("") would quietly mean ".")."""
+    if not value.strip():
+        raise MrcnnError("--out is empty; give an output folder")
+    return Path(value)
+
+
 BatchOpt = Annotated[
     int | None,
     typer.Option(

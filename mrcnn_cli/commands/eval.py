@@ -18,6 +18,7 @@ from mrcnn_cli.commands._common import (
     WorkersOpt,
     err_console,
     model_options,
+    output_folder,
     parse_classes,
     progress_for,
     run_or_exit,
@@ -55,8 +56,8 @@ def eval_command(
         typer.Option("--pred", "-p", help="Score this COCO results file instead of a model."),
     ] = None,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for metrics.json, plots and gallery.")
-    ] = Path("eval"),
+        str, typer.Option("--out", "-o", help="Folder for metrics.json, plots and gallery.")
+    ] = "eval",
     iou_type: Annotated[str, typer.Option("--iou-type", help="bbox | segm | both.")] = "both",
     classes: Annotated[
         str | None,
@@ -109,7 +110,7 @@ def eval_command(
             )
         cfg = EvalConfig(
             ann=ann,
-            out=out,
+            out=output_folder(out),
             pred=pred,
             images=images,
             iou_types=IOU_TYPE_CHOICES[iou_type],

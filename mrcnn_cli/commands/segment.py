@@ -11,10 +11,12 @@ from mrcnn_cli.commands._common import (
     BatchOpt,
     DebugOpt,
     JsonOpt,
+    OutOpt,
     QuietOpt,
     WorkersOpt,
     finish_run,
     model_options,
+    output_folder,
     parse_save_kinds,
     progress_for,
     run_or_exit,
@@ -28,7 +30,7 @@ def segment_command(
         list[str], typer.Argument(help="Image files, folders (recursive), globs or .txt lists.")
     ],
     model_config: ModelConfig,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("results"),
+    out: OutOpt = "results",
     save: Annotated[
         str,
         typer.Option(
@@ -60,7 +62,7 @@ def segment_command(
     def job():
         cfg = SegmentConfig(
             inputs=tuple(inputs),
-            out=out,
+            out=output_folder(out),
             model=model_config,
             batch_size=batch_size,
             save=parse_save_kinds(save),

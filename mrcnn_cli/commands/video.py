@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,9 +10,11 @@ from mrcnn_cli.commands._common import (
     BatchOpt,
     DebugOpt,
     JsonOpt,
+    OutOpt,
     QuietOpt,
     finish_run,
     model_options,
+    output_folder,
     parse_save_kinds,
     progress_for,
     run_or_exit,
@@ -34,7 +35,7 @@ def video_command(
         typer.Argument(help="Video files (mp4, avi, mov, mkv, webm), folders or globs."),
     ],
     model_config: ModelConfig,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("results"),
+    out: OutOpt = "results",
     save: Annotated[str, typer.Option("--save", help=SAVE_HELP)] = "video",
     stride: Annotated[
         int,
@@ -80,7 +81,7 @@ def video_command(
     def job():
         cfg = VideoConfig(
             inputs=tuple(inputs),
-            out=out,
+            out=output_folder(out),
             model=model_config,
             batch_size=batch_size,
             stride=stride,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from mrcnn_cli.writers.overlay import annotate, encode_jpeg
 
 GALLERY_DIR = "worst"
 MAX_WIDTH = 2048  # side-by-side pictures wider than this are scaled down
+SMALL_SIDE = 320  # images whose longer side is shorter are enlarged before drawing,
+ENLARGED_SIDE = 512  # to at least this
 _OURS = re.compile(r"^\d{2,}_.*\.jpg$")
 
 
@@ -69,6 +72,20 @@ def result_detections(
     """COCO result entries of one image (already filtered) as Detections."""
     names, ids, _ = _class_tables(gt)
     return Detections.from_coco(entries, height, width, names, ids, with_masks=with_masks)
+
+
+def enlarged(image: np.ndarray, dets: Detections) -> tuple[np.ndarray, Detections]:
+    """Small images (the demo model's are 128 px) blown up by a whole factor, pixels kept
+    square, with their detections, so labels drawn on them stay readable."""
+    side = max(image.shape[:2])
+    if side >= SMALL_SIDE:
+        return image, dets
+    factor = -(-ENLARGED_SIDE // side)  # ceiling division
+    big = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+    masks = None
+    if dets.masks is not None:
+        masks = np.repeat(np.repeat(dets.masks, factor, axis=1), factor, axis=2)
+    return big, replace(dets, boxes=dets.boxes * factor, masks=masks)
 
 
 def _titled(image: np.ndarray, title: str) -> np.ndarray:
@@ -139,12 +156,14 @@ def write_gallery(
         entries = sorted(by_image.get(score.image_id, []), key=lambda e: -e["score"])
         preds = result_detections(gt, entries, height, width, with_masks)
         truth = ground_truth_detections(gt, score.image_id, cat_ids, with_masks)
+        shown, preds = enlarged(image, preds)
+        _, truth = enlarged(image, truth)
         left = _titled(
-            annotate(image, preds),
+            annotate(shown, preds),
             f"predictions >= {score_thr:.2f}: {len(preds)}, {score.false_pos} wrong",
         )
         right = _titled(
-            annotate(image, truth),
+            annotate(shown, truth),
             f"ground truth: {score.gt_instances}, {score.missed} missed ({iou_label})",
         )
         target = folder / f"{rank:02d}_{score.image_id}_{Path(path).stem}.jpg"

@@ -20,6 +20,8 @@ from mrcnn_cli.atomic import atomic_path
 from mrcnn_cli.errors import MrcnnError
 
 FORMAT = "mrcnn-checkpoint"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
+_PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle stream
 VERSION = 1
 
 
@@ -98,11 +100,19 @@ def read_torch_file(path: Path) -> Any:
         raise MrcnnError(f"checkpoint not found: {path}")
     if os.path.getsize(path) == 0:
         raise MrcnnError(f"checkpoint is empty (0 bytes): {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not magic.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raise MrcnnError(f"{path} is not a PyTorch checkpoint (neither a zip nor a pickle file)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MrcnnError(f"cannot read checkpoint {path}: {first}") from exc
+        text = str(exc).strip()
+        if "Weights only load failed" in text:  # torch's advice to unpickle code: not ours
+            reason = "it holds Python objects besides tensors, which are not loaded for safety"
+        else:
+            reason = text.splitlines()[0] if text else type(exc).__name__
+        raise MrcnnError(f"cannot read checkpoint {path}: {reason}") from exc
 
 
 def is_mrcnn_checkpoint(obj: Any) -> bool:

@@ -111,6 +111,11 @@ def meta_and_state(
     spec: str, weights: str | None = None, random_init_seed: int | None = None
 ) -> tuple[ModelMeta, dict[str, torch.Tensor] | None, str]:
     """What `spec` names: its metadata, its tensors (None for a random init) and source."""
+    if weights and spec not in ARCHITECTURES:
+        raise MrcnnError(
+            f"--weights is for the torchvision architectures ({', '.join(ARCHITECTURES)}); "
+            f"--model {spec} carries its own weights"
+        )
     spec = bundled_or_path(spec)
     if is_model_path(spec):
         path = Path(spec).expanduser()
