@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -201,3 +203,28 @@ def test_without_annotations_ids_are_one_to_n_in_input_order() -> None:
 def test_two_inputs_matching_one_annotation_image_get_distinct_ids() -> None:
     ids = assign_image_ids(["a/x.jpg", "b/x.jpg"], {"x.jpg": 3})
     assert ids == {"a/x.jpg": 3, "b/x.jpg": 4}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 30), st.integers(1, 30)),
+    seed=st.integers(0, 2**32 - 1),
+    fill=st.sampled_from([0.0, 0.3, 1.0]),
+    box=st.tuples(st.floats(-10, 40), st.floats(0, 40)),
+    tight=st.booleans(),
+)
+def test_rle_from_the_box_band_equals_rle_of_the_whole_mask(shape, seed, fill, box, tight):
+    """The column-band encoding is an optimisation only: counts are identical, whatever
+    the box (tight, loose, wrong, outside the image)."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    mask = np.zeros(shape, bool)
+    y0, x0 = rng.integers(0, h), rng.integers(0, w)
+    y1, x1 = rng.integers(y0, h + 1), rng.integers(x0, w + 1)
+    mask[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < fill
+    xyxy = np.array([box[0], 0, box[0] + box[1], 0], np.float32)
+    if tight and mask.any():
+        cols = np.flatnonzero(mask.any(axis=0))
+        xyxy = np.array([cols[0], 0, cols[-1] + 1, 0], np.float32)
+    whole = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    assert encode_rle(mask, xyxy) == {"size": [h, w], "counts": whole["counts"].decode()}
