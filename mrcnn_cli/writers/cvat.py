@@ -22,7 +22,7 @@ from xml.sax.saxutils import XMLGenerator
 
 from mrcnn_cli.atomic import atomic_path
 from mrcnn_cli.detections import Detections
-from mrcnn_cli.writers.polygons import mask_to_polygons
+from mrcnn_cli.writers.polygons import instance_polygons
 
 CVAT_VERSION = "1.1"
 
@@ -40,13 +40,9 @@ def cvat_fragment(
     epsilon: float = 0.0,
 ) -> dict[str, Any]:
     """One image as a JSON-able record: name (the input's rel path), size, polygons."""
-    if len(dets) and dets.masks is None:
-        raise ValueError("detections have no masks; CVAT polygons need a mask model")
     names = dets.names
     polygons = []
-    for i in range(len(dets)):
-        assert dets.masks is not None
-        parts = mask_to_polygons(dets.masks[i], epsilon=epsilon)
+    for i, parts in instance_polygons(dets, epsilon, "CVAT polygons"):
         group_id = i + 1 if len(parts) > 1 else 0
         for part in parts:
             polygons.append(

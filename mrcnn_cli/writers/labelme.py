@@ -19,7 +19,7 @@ from typing import Any
 from mrcnn_cli.atomic import write_json
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.writers import output_path
-from mrcnn_cli.writers.polygons import mask_to_polygons
+from mrcnn_cli.writers.polygons import instance_polygons
 
 LABELME_VERSION = "5.5.0"  # the file layout written here: shapes with description and mask
 
@@ -28,13 +28,10 @@ def labelme_record(
     dets: Detections, image_ref: str, height: int, width: int, epsilon: float = 0.0
 ) -> dict[str, Any]:
     """The LabelMe document for one image; `image_ref` becomes `imagePath` as given."""
-    if len(dets) and dets.masks is None:
-        raise ValueError("detections have no masks; LabelMe polygons need a mask model")
     names = dets.names
     shapes = []
-    for i in range(len(dets)):
-        assert dets.masks is not None
-        for part in mask_to_polygons(dets.masks[i], epsilon=epsilon):
+    for i, parts in instance_polygons(dets, epsilon, "LabelMe polygons"):
+        for part in parts:
             shapes.append(
                 {
                     "label": names[i],

@@ -22,12 +22,16 @@ The rules every polygon format follows:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from mrcnn_cli.writers.masks import mask_bbox
+
+if TYPE_CHECKING:
+    from mrcnn_cli.detections import Detections
 
 _CHUNK = 1024  # rows per block when searching the closest pair of two outlines
 
@@ -111,3 +115,14 @@ def join_polygons(polygons: Sequence[np.ndarray]) -> np.ndarray:
             [joined[: i + 1], loop, loop[:1], joined[i : i + 1], joined[i + 1 :]]
         )
     return joined
+
+
+def instance_polygons(
+    dets: Detections, epsilon: float = 0.0, fmt: str = "polygons"
+) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """(index, polygon parts) of each detection, in order: what every polygon format
+    writes. Detections without masks are refused (`fmt` names the format asking)."""
+    if len(dets) and dets.masks is None:
+        raise ValueError(f"detections have no masks; {fmt} needs a mask model")
+    for i in range(len(dets)):
+        yield i, mask_to_polygons(dets.masks[i], epsilon=epsilon)

@@ -28,22 +28,18 @@ from mrcnn_cli.atomic import write_text
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.writers import output_path
 from mrcnn_cli.writers.classes import dense_class_index, real_class_names
-from mrcnn_cli.writers.polygons import join_polygons, mask_to_polygons
+from mrcnn_cli.writers.polygons import instance_polygons, join_polygons
 
 
 def yolo_label_lines(dets: Detections, height: int, width: int, epsilon: float = 0.0) -> list[str]:
     """One `class x y x y ...` line per instance that has a polygon, in `dets` order."""
-    if len(dets) and dets.masks is None:
-        raise ValueError("detections have no masks; YOLO-seg labels need a mask model")
     index = dense_class_index(dets.class_names)
     scale = np.array([width, height], np.float64)
     lines = []
-    for i in range(len(dets)):
+    for i, parts in instance_polygons(dets, epsilon, "YOLO-seg labels"):
         label = int(dets.labels[i])
         if label not in index:
             raise ValueError(f"label {label} ({dets.class_names[label]!r}) is not a real class")
-        assert dets.masks is not None
-        parts = mask_to_polygons(dets.masks[i], epsilon=epsilon)
         if not parts:
             continue
         points = np.clip(join_polygons(parts) / scale, 0.0, 1.0).reshape(-1)
