@@ -33,13 +33,19 @@ def expanded_int_boxes(boxes: Tensor, mask_size: int, padding: int = 1) -> Tenso
 def paste_masks(
     mask_probs: Tensor, boxes: Tensor, height: int, width: int, threshold: float = 0.5
 ) -> np.ndarray:
-    """mask_probs [N, M, M] in box frames -> bool [N, height, width] in the image frame."""
+    """mask_probs [N, M, M] in box frames -> bool [N, height, width] in the image frame.
+
+    Each mask is resized and thresholded inside its own box on the model's device; the
+    crops then cross to the host in one copy (on a GPU, one sync per image, not one per
+    detection).
+    """
     n = mask_probs.shape[0]
     out = np.zeros((n, height, width), dtype=bool)
     if n == 0:
         return out
     padded = F.pad(mask_probs, (1, 1, 1, 1))
     int_boxes = expanded_int_boxes(boxes, mask_probs.shape[-1]).tolist()
+    crops, places = [], []
     for i, (x0, y0, x1, y1) in enumerate(int_boxes):
         w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
         cx0, cx1 = max(x0, 0), min(x1 + 1, width)
@@ -49,8 +55,16 @@ def paste_masks(
         resized = F.interpolate(
             padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False
         )[0, 0]
-        crop = resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-        out[i, cy0:cy1, cx0:cx1] = (crop > threshold).cpu().numpy()
+        crops.append((resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] > threshold).reshape(-1))
+        places.append((i, cy0, cy1, cx0, cx1))
+    if not crops:
+        return out
+    flat = torch.cat(crops).cpu().numpy()
+    start = 0
+    for i, cy0, cy1, cx0, cx1 in places:
+        size = (cy1 - cy0) * (cx1 - cx0)
+        out[i, cy0:cy1, cx0:cx1] = flat[start : start + size].reshape(cy1 - cy0, cx1 - cx0)
+        start += size
     return out
 
 
