@@ -152,7 +152,7 @@ def test_half_storage_loads_back_as_float32_rounded_to_fp16(tmp_path):
 
 def test_a_file_that_is_not_a_torch_file_is_a_clear_error(tmp_path):
     path = fake_file(tmp_path / "notes.pt", b"these are my notes, not a checkpoint\n")
-    with pytest.raises(MrcnnError, match="cannot read checkpoint") as err:
+    with pytest.raises(MrcnnError, match="is not a PyTorch checkpoint") as err:
         load_checkpoint(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
