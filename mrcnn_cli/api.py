@@ -58,7 +58,10 @@ def segment(
     segmenter: Segmenter | None = None,
     **options: Any,
 ) -> RunSummary:
-    """Segment images (files, folders, globs, lists; videos too) into `out`, resumably."""
+    """Segment images (files, folders, globs, lists; videos too) into `out`, resumably.
+
+    >>> segment("photos/", "results", precision="bf16", save="overlay,coco,csv").failed
+    """
     from mrcnn_cli.engine import run_segment
 
     model, job = _split_options(options, SegmentConfig)
@@ -75,7 +78,10 @@ def segment_video(
     segmenter: Segmenter | None = None,
     **options: Any,
 ) -> RunSummary:
-    """Segment every frame of videos into annotated MP4s (and masks, COCO) under `out`."""
+    """Segment every frame of videos into annotated MP4s (and masks, COCO) under `out`.
+
+    >>> segment_video("clip.mp4", "results", stride=2, save=("video", "coco")).processed
+    """
     from mrcnn_cli.video.job import run_videos
 
     model, job = _split_options(options, VideoConfig)
@@ -92,7 +98,11 @@ def evaluate(
     segmenter: Segmenter | None = None,
     **options: Any,
 ) -> EvalOutcome:
-    """COCO AP of a results file (`pred`) or of a model run over `images`."""
+    """COCO AP of a results file (`pred`) or of a model run over `images`.
+
+    >>> evaluate("instances.json", pred="results/predictions.json").document["metrics"]
+    >>> evaluate("instances.json", images="val2017/", model="demo", out="eval/")
+    """
     from mrcnn_cli.evaluation.run import run_eval
 
     model, job = _split_options(options, EvalConfig)

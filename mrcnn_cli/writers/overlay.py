@@ -199,7 +199,11 @@ def _draw_label(
 
 
 def annotate(image: np.ndarray, dets: Detections, style: OverlayStyle | None = None) -> np.ndarray:
-    """A new RGB uint8 image, same size as `image`, with `dets` drawn on it."""
+    """A new RGB uint8 image, same size as `image`, with `dets` drawn on it (pure).
+
+    >>> preview = annotate(rgb, seg(rgb))            # masks, outlines, boxes, "label score"
+    >>> annotate(rgb, dets, OverlayStyle(show_boxes=False, alpha=0.3))
+    """
     style = style or OverlayStyle()
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.dtype} {image.shape}")
