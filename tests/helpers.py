@@ -6,7 +6,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from typer.testing import CliRunner, Result
+
+from mrcnn_cli.detections import Detections
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COCO_DIR = DATA / "coco_val_mini"
@@ -29,3 +32,25 @@ def invoke_cli(args: Sequence[str | Path]) -> Result:
 def json_summary(result: Result) -> dict:
     """The summary a `--json` run printed on stdout."""
     return json.loads(result.stdout)
+
+
+def rect_mask(height: int, width: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """A bool [height, width] mask with the rectangle rows y0:y1, columns x0:x1 set."""
+    mask = np.zeros((height, width), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def dets_from_masks(
+    masks: list[np.ndarray],
+    labels: list[int],
+    class_names: tuple[str, ...],
+    category_ids: tuple[int, ...],
+    scores: list[float] | None = None,
+    shape: tuple[int, int] = (1, 1),
+) -> Detections:
+    """Detections for hand-made masks (placeholder boxes; writers of polygons read masks)."""
+    n = len(masks)
+    stacked = np.stack(masks) if masks else np.zeros((0, *shape), bool)
+    boxes = np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1))
+    return Detections(boxes, scores or [0.9] * n, labels, stacked, class_names, category_ids)

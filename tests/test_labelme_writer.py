@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import dets_from_masks, rect_mask
 from PIL import Image, ImageDraw
 from pycocotools.coco import COCO
 
@@ -26,17 +27,12 @@ CATEGORY_IDS = (0, 1, 3)
 H, W = 40, 60
 
 
-def rect(y0: int, y1: int, x0: int, x1: int, h: int = H, w: int = W) -> np.ndarray:
-    mask = np.zeros((h, w), bool)
-    mask[y0:y1, x0:x1] = True
-    return mask
+def rect(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    return rect_mask(H, W, y0, y1, x0, x1)
 
 
 def dets_of(masks: list[np.ndarray], labels: list[int], scores: list[float] | None = None):
-    n = len(masks)
-    stacked = np.stack(masks) if masks else np.zeros((0, H, W), bool)
-    boxes = np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1))
-    return Detections(boxes, scores or [0.9] * n, labels, stacked, CLASS_NAMES, CATEGORY_IDS)
+    return dets_from_masks(masks, labels, CLASS_NAMES, CATEGORY_IDS, scores, (H, W))
 
 
 def labelme_rasterise(points: list[list[float]], height: int, width: int) -> np.ndarray:

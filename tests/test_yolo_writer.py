@@ -7,6 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
+from helpers import dets_from_masks, rect_mask
 
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.writers.polygons import polygons_to_mask
@@ -25,16 +26,11 @@ H, W = 50, 80
 
 
 def rect(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    mask = np.zeros((H, W), bool)
-    mask[y0:y1, x0:x1] = True
-    return mask
+    return rect_mask(H, W, y0, y1, x0, x1)
 
 
-def dets_of(masks: list[np.ndarray], labels: list[int]) -> Detections:
-    n = len(masks)
-    stacked = np.stack(masks) if masks else np.zeros((0, H, W), bool)
-    boxes = np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1))
-    return Detections(boxes, [0.9] * n, labels, stacked, CLASS_NAMES, CATEGORY_IDS)
+def dets_of(masks: list[np.ndarray], labels: list[int], scores: list[float] | None = None):
+    return dets_from_masks(masks, labels, CLASS_NAMES, CATEGORY_IDS, scores, (H, W))
 
 
 def parse_line(line: str) -> tuple[int, np.ndarray]:
