@@ -30,7 +30,7 @@ from mrcnn_cli.runs import model_fingerprint, prepare_run
 from mrcnn_cli.segmenter import ImageError, Segmenter
 from mrcnn_cli.sources import SourceItem
 from mrcnn_cli.video.job import process_video
-from mrcnn_cli.writers.coco import assign_image_ids, write_images_file, write_predictions
+from mrcnn_cli.writers.coco import assign_image_ids
 from mrcnn_cli.writers.masks import write_masks
 from mrcnn_cli.writers.overlay import overlay_path, write_overlay
 
@@ -185,10 +185,11 @@ def run_segment(
             for video in videos:
                 process_video(video, video_cfg, run.segmenter, run.batch_size).count_in(tally)
 
-        if "coco" in cfg.save:
-            results, images = journal.assemble([it.rel for it in items], digest, image_ids)
-            write_predictions(cfg.out / PREDICTIONS_FILE, results)
-            write_images_file(cfg.out / IMAGES_FILE, images)
+        if "coco" in cfg.save:  # streamed from the journal, never all in memory
+            rels = [it.rel for it in items]
+            journal.write_coco(
+                cfg.out / PREDICTIONS_FILE, cfg.out / IMAGES_FILE, rels, digest, image_ids
+            )
         summary = tally.summary()
     write_failures(cfg.out, summary.failed)
     return summary
