@@ -17,9 +17,11 @@ Usage:  python benchmarks/bench_journal.py [--n 100000] [--dir /tmp/x] [--only n
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -157,7 +159,7 @@ def child_record(kind: str, out: Path, n: int) -> dict[str, float]:
     return {"record_ms_per_image": 1000 * spent / n}
 
 
-def child_assemble(kind: str, out: Path, n: int) -> dict[str, float]:
+def child_assemble(kind: str, out: Path, n: int) -> dict[str, Any]:
     from mrcnn_cli.journal import Journal
     from mrcnn_cli.writers.coco import write_images_file, write_predictions
 
@@ -180,8 +182,28 @@ def child_assemble(kind: str, out: Path, n: int) -> dict[str, float]:
     return {"resume_check_s": t1 - t0, "assemble_s": t2 - t1}
 
 
-def run_child(args: list[str]) -> tuple[dict[str, float], float]:
-    """Run a phase in a child; its JSON result and its peak RSS in MiB (Linux: KiB units)."""
+def child_inspect(kind: str, out: Path, n: int) -> dict[str, Any]:
+    """Sizes and digests, measured in a child so the parent stays small (see run_child)."""
+    state = [p for p in (out / ".mrcnn").rglob("*") if p.is_file()]
+    digest = hashlib.sha256()
+    for name in ("predictions.json", "images.json"):
+        with open(out / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return {
+        "journal_mib": sum(p.stat().st_size for p in state) / 2**20,
+        "journal_files": len(state),
+        "predictions_mib": (out / "predictions.json").stat().st_size / 2**20,
+        "sha256": digest.hexdigest(),
+    }
+
+
+def run_child(args: list[str]) -> tuple[dict[str, Any], float]:
+    """Run a phase in a child; its JSON result and its peak RSS in MiB (Linux: KiB units).
+
+    Linux keeps a process's peak RSS across fork and exec, so a child's figure is at
+    least the parent's size when it was started: the parent holds nothing large.
+    """
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -200,37 +222,29 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         phase, kind, out = args.child
-        fn = child_record if phase == "record" else child_assemble
+        fn = {"record": child_record, "assemble": child_assemble, "inspect": child_inspect}[phase]
         print(json.dumps(fn(kind, Path(out), args.n)))
         return
 
     base = Path(tempfile.mkdtemp(prefix="bench_journal_", dir=args.dir))
     rows: dict[str, dict[str, float]] = {}
+    digests: dict[str, str] = {}
     try:
         for kind in [args.only] if args.only else ["old", "new"]:
             out = base / kind
             rec, rec_rss = run_child(["--n", str(args.n), "--child", "record", kind, str(out)])
             asm, asm_rss = run_child(["--n", str(args.n), "--child", "assemble", kind, str(out)])
-            state = [p for p in (out / ".mrcnn").rglob("*") if p.is_file()]
-            rows[kind] = {
-                **rec,
-                **asm,
-                "record_peak_rss_mib": rec_rss,
-                "assemble_peak_rss_mib": asm_rss,
-                "journal_mib": sum(p.stat().st_size for p in state) / 2**20,
-                "journal_files": len(state),
-                "predictions_mib": (out / "predictions.json").stat().st_size / 2**20,
-            }
+            seen, _ = run_child(["--n", str(args.n), "--child", "inspect", kind, str(out)])
+            digests[kind] = seen.pop("sha256")
+            rows[kind] = {**rec, **asm, "record_peak_rss_mib": rec_rss,
+                          "assemble_peak_rss_mib": asm_rss, **seen}  # fmt: skip
         if len(rows) == 2:
-            same = (base / "old" / "predictions.json").read_bytes() == (
-                base / "new" / "predictions.json"
-            ).read_bytes() and (base / "old" / "images.json").read_bytes() == (
-                base / "new" / "images.json"
-            ).read_bytes()
+            same = digests["old"] == digests["new"]
             print(f"predictions.json and images.json identical: {same}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"{args.n} images x {DETECTIONS} detections")
+    parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{args.n} images x {DETECTIONS} detections (this parent's peak RSS: {parent:.1f} MiB)")
     keys = list(next(iter(rows.values())))
     print(
         f"{'':24}" + "".join(f"{k:>12}" for k in rows) + ("    old/new" if len(rows) == 2 else "")

@@ -22,9 +22,10 @@ import numpy as np
 from mrcnn_cli.config import SegmentConfig
 from mrcnn_cli.decode import decode_image_safe
 from mrcnn_cli.detections import Detections
+from mrcnn_cli.distributed.shards import ShardSpec, shard_file_name, write_manifest
 from mrcnn_cli.errors import FailedItem
 from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
-from mrcnn_cli.journal import Journal, settings_hash, write_failures
+from mrcnn_cli.journal import FAILURES_FILE, Journal, settings_hash, write_failures
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
 from mrcnn_cli.runs import model_fingerprint, prepare_run
 from mrcnn_cli.segmenter import ImageError, Segmenter
@@ -140,24 +141,30 @@ def run_segment(
     cfg: SegmentConfig,
     progress: ProgressListener | None = None,
     segmenter: Segmenter | None = None,
+    shard: ShardSpec | None = None,
 ) -> RunSummary:
     """Run the whole job; per-file problems end up in the summary, not as exceptions.
 
     `segmenter` reuses a loaded model (else one is built from `cfg.model`); `progress`
-    is told about every item (the CLI draws a bar; None runs silent).
+    is told about every item (the CLI draws a bar; None runs silent). `shard` runs only
+    that shard's part of the inputs (see distributed/shards.py).
     """
     cfg.validate()
     run = prepare_run(
         cfg.inputs, frozenset({"image", "video"}), cfg.out, cfg.model, cfg.batch_size, segmenter
     )
-    videos = [it for it in run.items if it.kind == "video"]  # each counts as one item here
-    items = [it for it in run.items if it.kind == "image"]
+    mine = run.items if shard is None else shard.select(run.items)
+    videos = [it for it in mine if it.kind == "video"]  # each counts as one item here
+    items = [it for it in mine if it.kind == "image"]
     journal = Journal(cfg.out)
-    if cfg.overwrite:
-        journal.clear()
+    if cfg.overwrite:  # a shard forgets only its own images: others may share the folder
+        journal.clear(None if shard is None else [it.rel for it in mine])
     digest = settings_hash(output_settings(cfg, run.batch_size))
     known = image_ids_from_annotations(cfg.ann) if cfg.ann else None
-    image_ids = assign_image_ids([it.rel for it in items], known)
+    all_images = [it.rel for it in run.items if it.kind == "image"]
+    image_ids = assign_image_ids(all_images, known)  # over all inputs: shards agree
+    if shard is not None:
+        write_manifest(cfg.out, shard, run.items, image_ids, digest)
     writer = ImageWriter(cfg, journal, digest, image_ids)
 
     total = len(items) + len(videos) + len(run.failures)
@@ -187,11 +194,11 @@ def run_segment(
 
         if "coco" in cfg.save:  # streamed from the journal, never all in memory
             rels = [it.rel for it in items]
-            journal.write_coco(
-                cfg.out / PREDICTIONS_FILE, cfg.out / IMAGES_FILE, rels, digest, image_ids
-            )
+            predictions = cfg.out / shard_file_name(PREDICTIONS_FILE, shard)
+            images_file = cfg.out / shard_file_name(IMAGES_FILE, shard)
+            journal.write_coco(predictions, images_file, rels, digest, image_ids)
         summary = tally.summary()
-    write_failures(cfg.out, summary.failed)
+    write_failures(cfg.out, summary.failed, shard_file_name(FAILURES_FILE, shard))
     return summary
 
 
