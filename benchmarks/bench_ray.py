@@ -91,7 +91,9 @@ def main() -> None:
     print(f"{len(images)} images from {args.images}, model {args.model}")
     print(f"{'run':28}{'wall s':>9}{'images/s':>10}{'run s':>8}  files equal local's")
     for row, (*_, threads) in zip(rows, runs):
-        same = "-" if row["name"].startswith("local") else row["digest"] == local_of.get(threads)
+        same: object = row["digest"] == local_of[threads] if threads in local_of else "n/a"
+        if row["name"].startswith("local"):
+            same = "-"
         print(f"{row['name']:28}{row['wall_s']:9.1f}{row['rate']:10.3f}{row['seconds']:8.1f}"
               f"  {same}")  # fmt: skip
 

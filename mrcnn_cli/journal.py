@@ -71,6 +71,7 @@ _HEADER_TYPES = {
     "crc": int,
 }
 _MAX_OPEN_SEGMENTS = 64
+_MAX_SEGMENTS = 1 << 20  # segment and settings numbers take 20 bits of an index entry
 
 
 def settings_hash(settings: object) -> str:
@@ -174,6 +175,8 @@ class _Index:
     def hash_id(self, digest: str) -> int:
         found = self.hash_ids.get(digest)
         if found is None:
+            if len(self.hashes) >= _MAX_SEGMENTS:
+                raise RuntimeError(f"more than {_MAX_SEGMENTS} settings in one journal")
             found = self.hash_ids[digest] = len(self.hashes)
             self.hashes.append(digest)
         return found
@@ -181,6 +184,8 @@ class _Index:
     def add_segment(self, path: Path, consumed: int = 0) -> int:
         idx = self.segment_ids.get(path.name)
         if idx is None:
+            if len(self.segments) >= _MAX_SEGMENTS:
+                raise RuntimeError(f"more than {_MAX_SEGMENTS} journal files in one folder")
             idx = self.segment_ids[path.name] = len(self.segments)
             self.segments.append(path)
             self.consumed.append(consumed)
@@ -312,23 +317,32 @@ class Journal:
             self._scan_new()
         return self._index
 
-    def _scan_new(self) -> None:
+    def _scan_new(self, known: Iterable[str] = ()) -> None:
         index = self._index
         assert index is not None
         try:
-            names = sorted(p.name for p in self.journal_dir.iterdir() if p.suffix == ".jsonl")
+            listed = {p.name for p in self.journal_dir.iterdir() if p.suffix == SEGMENT_SUFFIX}
         except OSError:
-            names = []
-        for name in names:
+            listed = set()
+        for name in sorted(listed | {n for n in known if n.endswith(SEGMENT_SUFFIX)}):
             index.scan(index.add_segment(self.journal_dir / name))
 
-    def refresh(self) -> None:
-        """Read what other processes appended since the index was built (Ray workers)."""
+    def refresh(self, known: Iterable[str] = ()) -> None:
+        """Read what other processes appended since the index was built (Ray workers).
+
+        `known`: segment file names to read even if the folder listing does not show
+        them yet (an NFS client may cache a directory listing for a while).
+        """
         with self._lock:
             if self._index is None:
                 self._loaded()
-            else:
-                self._scan_new()
+            self._scan_new(known)
+
+    @property
+    def segment_name(self) -> str | None:
+        """The file name of this process's segment, once it has written one."""
+        segment = self._segment
+        return segment.path.name if segment is not None else None
 
     def _key(self, rel: PurePosixPath | str) -> str:
         return str(rel) if isinstance(rel, PurePosixPath) else str(safe_rel(rel))

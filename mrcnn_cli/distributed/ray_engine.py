@@ -212,18 +212,22 @@ def _drive(
             else:
                 todo.append(it)
         groups = batch_groups(items, todo, plan.batch_size)
+        segments: set[str] = set()  # the workers' journal files, named by the workers
         if groups:
             by_rel = {str(it.rel): it for it in todo}
             rows = _rows(groups, by_rel, image_ids)
             worker_cfg = _worker_config(cfg, plan)
-            for rel, status, detections, reason in _execute(ray, rows, worker_cfg, digest, plan):
+            for rel, status, detections, reason, segment in _execute(
+                ray, rows, worker_cfg, digest, plan
+            ):
+                segments.add(segment)
                 if status == FATAL:
                     raise MrcnnError(reason)
                 if status == DONE:
                     tally.advance(detections=detections)
                 else:
                     tally.fail(FailedItem(by_rel[rel].path, reason))
-        journal.refresh()  # what the workers appended
+        journal.refresh(segments)  # what the workers appended
         if "coco" in cfg.save:
             rels = [it.rel for it in items]
             journal.write_coco(
@@ -259,7 +263,8 @@ def _no_restarts() -> dict[str, Any]:
 def _execute(
     ray: Any, rows: list[dict[str, Any]], cfg: SegmentConfig, digest: str, plan: _Plan
 ) -> Iterator[tuple[str, str, int, str]]:
-    """Run the dataset; yield (rel, status, detections, reason) per to-do image."""
+    """Run the dataset; yield (rel, status, detections, reason, journal segment) per
+    to-do image."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -291,7 +296,8 @@ def _execute(
         )
     try:
         for row in ds.iter_rows():
-            yield row["rel"], row["status"], int(row["detections"]), row["reason"]
+            yield (row["rel"], row["status"], int(row["detections"]), row["reason"],
+                   row["segment"])  # fmt: skip
     except ray.exceptions.RayError as exc:
         raise MrcnnError(f"the Ray job failed: {_first_line(exc)}") from exc
 
@@ -381,14 +387,12 @@ class SegmentWorker:
         self.pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="write")
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"rel": [], "status": [], "detections": [], "reason": []}
-        for row in batch.to_pylist():
-            for rel, status, detections, reason in self._group(row):
-                out["rel"].append(rel)
-                out["status"].append(status)
-                out["detections"].append(detections)
-                out["reason"].append(reason)
+        results = [result for row in batch.to_pylist() for result in self._group(row)]
         self.journal.flush()  # durable and visible to the driver before it hears of it
+        segment = self.journal.segment_name or ""
+        columns = zip(*results) if results else ((), (), (), ())
+        out = dict(zip(("rel", "status", "detections", "reason"), map(list, columns)))
+        out["segment"] = [segment] * len(results)
         return out
 
     def _group(self, row: dict[str, Any]) -> list[tuple[str, str, int, str]]:
