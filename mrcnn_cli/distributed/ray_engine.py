@@ -125,7 +125,17 @@ def run_segment_ray(
         return _drive(ray, cfg, plan, items, failures, progress)
     finally:
         if started:
+            _no_auto_init(ray)
             ray.shutdown()
+
+
+def _no_auto_init(ray: Any) -> None:
+    """After a Ctrl-C, Ray Data's scheduling thread can outlive its 2 s shutdown wait; its
+    next Ray call would start a fresh local Ray (auto-init) that nobody shuts down. We
+    started this Ray and end it: no auto-init from here on in this process."""
+    hook = getattr(getattr(ray, "_private", None), "auto_init_hook", None)
+    if hook is not None and hasattr(hook, "enable_auto_connect"):
+        hook.enable_auto_connect = False
 
 
 def _connect(ray: Any, options: RayOptions) -> bool:
@@ -217,16 +227,18 @@ def _drive(
             by_rel = {str(it.rel): it for it in todo}
             rows = _rows(groups, by_rel, image_ids)
             worker_cfg = _worker_config(cfg, plan)
-            for rel, status, detections, reason, segment in _execute(
-                ray, rows, worker_cfg, digest, plan
-            ):
-                segments.add(segment)
-                if status == FATAL:
-                    raise MrcnnError(reason)
-                if status == DONE:
-                    tally.advance(detections=detections)
-                else:
-                    tally.fail(FailedItem(by_rel[rel].path, reason))
+            results = _execute(ray, rows, worker_cfg, digest, plan)
+            try:
+                for rel, status, detections, reason, segment in results:
+                    segments.add(segment)
+                    if status == FATAL:
+                        raise MrcnnError(reason)
+                    if status == DONE:
+                        tally.advance(detections=detections)
+                    else:
+                        tally.fail(FailedItem(by_rel[rel].path, reason))
+            finally:
+                results.close()  # stop the dataset now (Ctrl-C, an error), before ray.shutdown
         journal.refresh(segments)  # what the workers appended
         if "coco" in cfg.save:
             rels = [it.rel for it in items]
@@ -294,12 +306,17 @@ def _execute(
             fn_constructor_kwargs={"cfg": cfg, "digest": digest, "batch_size": plan.batch_size},
             **extra,
         )
+    rows_out = iter(ds.iter_rows())
     try:
-        for row in ds.iter_rows():
+        for row in rows_out:
             yield (row["rel"], row["status"], int(row["detections"]), row["reason"],
                    row["segment"])  # fmt: skip
     except ray.exceptions.RayError as exc:
         raise MrcnnError(f"the Ray job failed: {_first_line(exc)}") from exc
+    finally:
+        close = getattr(rows_out, "close", None)
+        if close is not None:
+            close()  # shuts Ray Data's executor down (its thread would outlive ray.shutdown)
 
 
 def _first_line(exc: BaseException) -> str:
