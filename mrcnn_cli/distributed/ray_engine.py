@@ -51,7 +51,7 @@ from mrcnn_cli.engine import (
 from mrcnn_cli.errors import FailedItem, MrcnnError
 from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
 from mrcnn_cli.journal import STATE_DIR, Journal, settings_hash, write_failures
-from mrcnn_cli.models.bundled import bundled_or_path
+from mrcnn_cli.models.loading import is_model_path
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
 from mrcnn_cli.runs import prepare_output
 from mrcnn_cli.segmenter import ImageError, Segmenter
@@ -186,9 +186,8 @@ def _plan(ray: Any, cfg: SegmentConfig, options: RayOptions, local: bool) -> _Pl
 def _worker_config(cfg: SegmentConfig, plan: _Plan) -> SegmentConfig:
     """`cfg` with every path absolute (workers run elsewhere) and the device pinned."""
     model = cfg.model
-    spec = bundled_or_path(model.model)
-    if spec and Path(spec).exists():
-        model = replace(model, model=str(Path(spec).resolve()))
+    if is_model_path(model.model) and Path(model.model).exists():  # not `demo` or an arch
+        model = replace(model, model=str(Path(model.model).resolve()))
     if model.weights:
         model = replace(model, weights=str(Path(model.weights).resolve()))
     device = model.device if model.device != "auto" else ("cuda" if plan.gpus > 0 else "cpu")
