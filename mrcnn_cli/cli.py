@@ -6,7 +6,7 @@ import typer
 
 from mrcnn_cli import __version__
 from mrcnn_cli.commands import eval as eval_command
-from mrcnn_cli.commands import segment, train, video
+from mrcnn_cli.commands import merge, segment, train, video
 
 app = typer.Typer(
     name="mrcnn",
@@ -32,7 +32,7 @@ def _root(
     """Batch instance segmentation with Mask R-CNN."""
 
 
-for _module in (segment, video, eval_command, train):
+for _module in (segment, video, eval_command, train, merge):
     _module.register(app)
 
 

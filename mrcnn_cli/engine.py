@@ -23,12 +23,18 @@ import numpy as np
 from mrcnn_cli.config import SegmentConfig
 from mrcnn_cli.decode import decode_image_safe
 from mrcnn_cli.detections import Detections
+from mrcnn_cli.distributed.shards import (
+    ShardSpec,
+    shard_file_name,
+    shard_lock_name,
+    write_manifest,
+)
 from mrcnn_cli.errors import FailedItem
 from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
-from mrcnn_cli.journal import Journal, settings_hash, write_failures
+from mrcnn_cli.journal import FAILURES_FILE, Journal, settings_hash, write_failures
 from mrcnn_cli.names import display_name
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
-from mrcnn_cli.runs import model_fingerprint, prepared_run
+from mrcnn_cli.runs import PreparedRun, model_fingerprint, prepared_run
 from mrcnn_cli.segmenter import ImageError, Segmenter
 from mrcnn_cli.sources import SourceItem
 from mrcnn_cli.video.job import process_video
@@ -175,49 +181,61 @@ def outputs_exist(cfg: SegmentConfig, rel: PurePosixPath, detections: int) -> bo
 
 def is_done(cfg: SegmentConfig, journal: Journal, rel: PurePosixPath, digest: str) -> bool:
     """Recorded under the current settings, and its files not deleted since."""
-    record = journal.load(rel)
-    if record is None or record.settings_hash != digest:
+    if not journal.is_done(rel, digest):  # the journal's index alone: cheap
         return False
-    return outputs_exist(cfg, rel, record.num_detections)
+    detections = 0
+    if "crops" in cfg.save or ("masks" in cfg.save and cfg.mask_format == "binary"):
+        record = journal.load(rel)  # folder outputs exist only for images with detections
+        if record is None:
+            return False
+        detections = record.num_detections
+    return outputs_exist(cfg, rel, detections)
 
 
 def run_segment(
     cfg: SegmentConfig,
     progress: ProgressListener | None = None,
     segmenter: Segmenter | None = None,
+    shard: ShardSpec | None = None,
 ) -> RunSummary:
     """Run the whole job; per-file problems end up in the summary, not as exceptions.
 
     `segmenter` reuses a loaded model (else one is built from `cfg.model`); `progress`
     is told about every item (the CLI draws a bar; None runs silent). The output folder
-    is locked for the run's duration.
+    is locked for the run's duration. `shard` runs only that shard's part of the inputs
+    (see distributed/shards.py).
     """
     cfg.validate()
     kinds = frozenset({"image", "video"})
-    with prepared_run(cfg.inputs, kinds, cfg.out, cfg.model, cfg.batch_size, segmenter) as run:
-        return _segment(cfg, run.items, run.failures, run.segmenter, run.batch_size, progress)
+    lock = shard_lock_name(shard)
+    with prepared_run(cfg.inputs, kinds, cfg.out, cfg.model, cfg.batch_size, segmenter,
+                      lock, sweep=shard is None) as run:  # fmt: skip
+        return _segment(cfg, run, progress, shard)
 
 
 def _segment(
     cfg: SegmentConfig,
-    sources: list[SourceItem],
-    failures: list[FailedItem],
-    segmenter: Segmenter,
-    batch_size: int,
+    run: PreparedRun,
     progress: ProgressListener | None,
+    shard: ShardSpec | None,
 ) -> RunSummary:
-    videos = [it for it in sources if it.kind == "video"]  # each counts as one item here
-    items = [it for it in sources if it.kind == "image"]
+    segmenter, batch_size = run.segmenter, run.batch_size
+    mine = run.items if shard is None else shard.select(run.items)
+    videos = [it for it in mine if it.kind == "video"]  # each counts as one item here
+    items = [it for it in mine if it.kind == "image"]
     journal = Journal(cfg.out)
-    if cfg.overwrite:
-        journal.clear()
+    if cfg.overwrite:  # a shard forgets only its own images: others may share the folder
+        journal.clear(None if shard is None else [it.rel for it in mine])
     digest = settings_hash(output_settings(cfg, batch_size))
     known = image_ids_from_annotations(cfg.ann) if cfg.ann else None
-    image_ids = assign_image_ids([it.rel for it in items], known)
+    all_images = [it.rel for it in run.items if it.kind == "image"]
+    image_ids = assign_image_ids(all_images, known)  # over all inputs: shards agree
+    if shard is not None:
+        write_manifest(cfg.out, shard, run.items, image_ids, digest)
     writer = ImageWriter(cfg, journal, digest, image_ids)
 
-    with Tally(len(items) + len(videos) + len(failures), listener=progress) as tally:
-        for failed in failures:
+    with Tally(len(items) + len(videos) + len(run.failures), listener=progress) as tally:
+        for failed in run.failures:
             tally.fail(failed)
         todo = []
         for it in items:
@@ -243,10 +261,10 @@ def _segment(
         rels = [it.rel for it in items]
         names, ids = segmenter.class_names, segmenter.category_ids
         for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
-                                      names, ids):  # fmt: skip
+                                      names, ids, shard):  # fmt: skip
             tally.fail(failed)
         summary = tally.summary()
-    write_failures(cfg.out, summary.failed)
+    write_failures(cfg.out, summary.failed, shard_file_name(FAILURES_FILE, shard))
     return summary
 
 

@@ -99,10 +99,13 @@ class OutputLock:
     `acquire` raises `MrcnnError` if another run holds the folder, naming that run.
     """
 
-    def __init__(self, out_dir: Path | str) -> None:
+    def __init__(self, out_dir: Path | str, name: str = LOCK_NAME) -> None:
+        """`name` picks the lock file: shards of one job writing into one folder each
+        take their own (`lock-shard-0-of-4`), an unsharded run takes `lock`."""
         self.out_dir = Path(out_dir)
-        self.path = self.out_dir / LOCK_DIR / LOCK_NAME
-        self.fallback_path = self.out_dir / LOCK_DIR / FALLBACK_NAME
+        self.path = self.out_dir / LOCK_DIR / name
+        self.fallback_path = self.out_dir / LOCK_DIR / (FALLBACK_NAME if name == LOCK_NAME
+                                                        else f"{name}.excl")  # fmt: skip
         self._fd: int | None = None  # the flocked file, while held
         self._fallback_ino: int | None = None  # the exclusive file, while held instead
 

@@ -16,7 +16,7 @@ from typing import Any
 from mrcnn_cli.atomic import remove_stale_temp_files
 from mrcnn_cli.config import ModelConfig
 from mrcnn_cli.errors import FailedItem, MrcnnError
-from mrcnn_cli.lock import OutputLock
+from mrcnn_cli.lock import LOCK_NAME, OutputLock
 from mrcnn_cli.models.bundled import bundled_or_path
 from mrcnn_cli.segmenter import Segmenter
 from mrcnn_cli.sources import SourceItem, collect_sources, max_input_name_bytes
@@ -46,6 +46,32 @@ def prepare_output(out: Path) -> None:
 
 
 @contextmanager
+def locked_inputs(
+    inputs: Sequence[str],
+    kinds: frozenset[str],
+    out: Path,
+    lock_name: str = LOCK_NAME,
+    sweep: bool = True,
+) -> Iterator[tuple[list[SourceItem], list[FailedItem]]]:
+    """Hold `out`'s lock for the whole run and collect the inputs inside it.
+
+    A second run on the same folder is refused with the holder's pid and host; nothing
+    under `out` is ever an input. `sweep` removes temp files a killed run left (not for
+    shards, whose siblings may be writing into the same folder right now).
+    """
+    prepare_output(out)
+    with OutputLock(out, lock_name):
+        if sweep:
+            remove_stale_temp_files(out)
+        items, failures = collect_sources(
+            inputs, kinds=kinds, exclude=[out], max_name_bytes=max_input_name_bytes(out)
+        )
+        if not items and not failures:
+            raise MrcnnError("no inputs given")
+        yield items, failures
+
+
+@contextmanager
 def prepared_run(
     inputs: Sequence[str],
     kinds: frozenset[str],
@@ -53,20 +79,11 @@ def prepared_run(
     model: ModelConfig,
     batch_size: int | None = None,
     segmenter: Segmenter | None = None,
+    lock_name: str = LOCK_NAME,
+    sweep: bool = True,
 ) -> Iterator[PreparedRun]:
-    """Hold `out`'s lock for the whole run; inside it, collect inputs, load the model.
-
-    A second run on the same folder is refused with the holder's pid and host; temp
-    files a killed run left are removed first; nothing under `out` is ever an input.
-    """
-    prepare_output(out)
-    with OutputLock(out):
-        remove_stale_temp_files(out)
-        items, failures = collect_sources(
-            inputs, kinds=kinds, exclude=[out], max_name_bytes=max_input_name_bytes(out)
-        )
-        if not items and not failures:
-            raise MrcnnError("no inputs given")
+    """`locked_inputs`, then the model loaded (or the one given) for the run."""
+    with locked_inputs(inputs, kinds, out, lock_name, sweep) as (items, failures):
         if segmenter is None:
             segmenter = Segmenter.from_config(model, batch_size)
         yield PreparedRun(items, failures, segmenter, batch_size or segmenter.batch_size)

@@ -111,15 +111,15 @@ def test_an_error_while_writing_one_image_fails_that_image_alone(photos, tmp_pat
 def test_a_full_disk_at_the_end_is_one_failure_and_a_rerun_finishes_the_job(
     photos, tmp_path, monkeypatch
 ):
-    from mrcnn_cli.writers import run_files
+    from mrcnn_cli.journal import Journal
 
     out = tmp_path / "out"
 
-    def disk_full(path, results):
+    def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(run_files, "write_predictions", disk_full)
+        patch.setattr(Journal, "write_coco", disk_full)
         result = segment(out, photos)
     assert result.exit_code == 1
     failures = json_summary(result)["failures"]

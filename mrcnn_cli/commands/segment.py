@@ -22,6 +22,7 @@ from mrcnn_cli.commands._common import (
     run_or_exit,
 )
 from mrcnn_cli.config import ModelConfig
+from mrcnn_cli.errors import MrcnnError
 
 
 @model_options()
@@ -51,13 +52,47 @@ def segment_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo images already done (default: resume).")
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="K/N",
+            help="Process only shard K of N (K in 0..N-1): inputs whose relative path hashes "
+            "to K mod N. Run all N (e.g. a job array), then `mrcnn merge`.",
+        ),
+    ] = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local (threads, one process) | ray (Ray Data).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Join this Ray cluster (default: start a local Ray)."),
+    ] = None,
+    num_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--num-workers",
+            min=1,
+            help="Ray workers, each with its own model (default: one per GPU; 1 without GPUs).",
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option(
+            "--gpus-per-worker",
+            min=0.0,
+            help="GPUs per Ray worker (default: 1 if the cluster has GPUs, else 0).",
+        ),
+    ] = None,
+    cpus_per_worker: Annotated[
+        float, typer.Option("--cpus-per-worker", min=0.01, help="CPUs per Ray worker.")
+    ] = 1.0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Segment images; write overlays, PNG masks and/or COCO results JSON under --out."""
     from mrcnn_cli.config import SegmentConfig
-    from mrcnn_cli.engine import run_segment
 
     def job():
         cfg = SegmentConfig(
@@ -71,7 +106,23 @@ def segment_command(
             overwrite=overwrite,
             workers=workers,
         )
-        return run_segment(cfg, progress_for(quiet))
+        ray_given = [ray_address, num_workers, gpus_per_worker, cpus_per_worker != 1.0]
+        if engine == "local":
+            if any(v not in (None, False) for v in ray_given):
+                raise MrcnnError("--ray-address and --*-worker(s) options need --engine ray")
+            from mrcnn_cli.distributed.shards import ShardSpec
+            from mrcnn_cli.engine import run_segment
+
+            spec = ShardSpec.parse(shard) if shard is not None else None
+            return run_segment(cfg, progress_for(quiet), shard=spec)
+        if engine != "ray":
+            raise MrcnnError(f"--engine must be local or ray, not {engine!r}")
+        if shard is not None:
+            raise MrcnnError("--shard is for the local engine; --engine ray spreads the work")
+        from mrcnn_cli.distributed.ray_engine import RayOptions, run_segment_ray
+
+        options = RayOptions(ray_address, num_workers, gpus_per_worker, cpus_per_worker)
+        return run_segment_ray(cfg, options, progress_for(quiet))
 
     summary = run_or_exit(job, debug)
     finish_run(summary, quiet=quiet, json_out=json_out)

@@ -13,11 +13,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mrcnn_cli.detections import Detections
+from mrcnn_cli.distributed.shards import ShardSpec, shard_file_name
 from mrcnn_cli.errors import FailedItem
 from mrcnn_cli.journal import ImageRecord, Journal
 from mrcnn_cli.names import os_error_reason
 from mrcnn_cli.writers.classes import real_class_names
-from mrcnn_cli.writers.coco import write_images_file, write_predictions
 from mrcnn_cli.writers.csv_table import object_rows, write_objects_csv
 from mrcnn_cli.writers.cvat import cvat_fragment, write_cvat_xml
 from mrcnn_cli.writers.yolo import write_yolo_data_yaml
@@ -26,7 +26,7 @@ PREDICTIONS_FILE = "predictions.json"
 IMAGES_FILE = "images.json"
 OBJECTS_FILE = "objects.csv"
 CVAT_FILE = "cvat.xml"
-RUN_FILE_KINDS = frozenset({"coco", "csv", "cvat", "yolo"})  # kinds with a once-per-run file
+NAMED_CLASS_KINDS = frozenset({"csv", "cvat", "yolo"})  # run files that list class names
 
 
 def _records(
@@ -55,23 +55,28 @@ def write_run_files(
     image_ids: dict[str, int],
     class_names: tuple[str, ...],
     category_ids: tuple[int, ...],
+    shard: ShardSpec | None = None,
 ) -> list[FailedItem]:
-    """Write the run-level files `save` asks for; return those that could not be written."""
+    """Write the run-level files `save` asks for; return those that could not be written.
+
+    A shard's files carry its tag (`predictions.shard-0-of-4.json`): shards may share a
+    folder, and `mrcnn merge` combines the COCO ones.
+    """
+    predictions = out / shard_file_name(PREDICTIONS_FILE, shard)
+    objects = out / shard_file_name(OBJECTS_FILE, shard)
+    cvat = out / shard_file_name(CVAT_FILE, shard)
     jobs: list[tuple[Path, Callable[[], Any]]] = []
-    if "coco" in save:
-
-        def coco() -> None:
-            results, images = journal.assemble(rels, digest, image_ids)
-            write_predictions(out / PREDICTIONS_FILE, results)
-            write_images_file(out / IMAGES_FILE, images)
-
-        jobs.append((out / PREDICTIONS_FILE, coco))
+    if "coco" in save:  # streamed from the journal, never all in memory
+        images = out / shard_file_name(IMAGES_FILE, shard)
+        jobs.append(
+            (predictions, lambda: journal.write_coco(predictions, images, rels, digest, image_ids))
+        )
     if "csv" in save:
         jobs.append(
             (
-                out / OBJECTS_FILE,
+                objects,
                 lambda: write_objects_csv(
-                    out / OBJECTS_FILE,
+                    objects,
                     (
                         row
                         for r in _records(journal, rels, digest)
@@ -85,9 +90,9 @@ def write_run_files(
     if "cvat" in save:
         jobs.append(
             (
-                out / CVAT_FILE,
+                cvat,
                 lambda: write_cvat_xml(
-                    out / CVAT_FILE,
+                    cvat,
                     real_class_names(class_names),
                     [
                         cvat_fragment(

@@ -1,0 +1,451 @@
+"""`mrcnn segment --engine ray`: the same job spread over Ray workers with Ray Data.
+
+    driver:  collect inputs, resume check, cut model batches (as the local engine does)
+             -> ray.data.from_items(one row per model batch: paths, rels, ids, to-do flags)
+    tasks:   decode the batch's images (rows gain raw pixels + shapes; on CPU-only
+             workers this runs inside the worker instead, see `RayOptions`)
+    actors:  SegmentWorker, a fixed pool (one per GPU, or N CPU workers), each builds
+             one Segmenter, runs the batch, writes overlays/masks with the engine's
+             ImageWriter and appends to its own journal segment
+    driver:  rows come back with per image only rel, status, detection count, reason:
+             the Tally (progress bar, summary) advances as they arrive; at the end the
+             journal is re-read and predictions.json/images.json streamed from it
+
+Masks never enter a dataset row (a variable number of masks per image does not fit an
+Arrow tensor column): they go to files on the worker, and rows carry small values only.
+Pixels travel as bytes with their shape, never as tensor columns. Each row is one model
+batch cut from the whole input list, exactly as the local engine cuts them, so an
+image's batch-mates (and so its numbers) are the same as locally at any batch size, and
+a resumed run writes what an uninterrupted one writes.
+
+Ray is imported only inside functions here: the base install has no Ray, and
+`--engine ray` without it is a one-line usage error.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import secrets
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from mrcnn_cli.config import SegmentConfig
+from mrcnn_cli.decode import decode_image_safe
+from mrcnn_cli.engine import Decoded, ImageWriter, batch_groups, output_settings
+from mrcnn_cli.errors import FailedItem, MrcnnError
+from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
+from mrcnn_cli.journal import STATE_DIR, Journal, settings_hash, write_failures
+from mrcnn_cli.models.loading import is_model_path, meta_and_state
+from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
+from mrcnn_cli.runs import locked_inputs
+from mrcnn_cli.segmenter import ImageError, Segmenter
+from mrcnn_cli.sources import SourceItem
+from mrcnn_cli.writers.coco import assign_image_ids
+from mrcnn_cli.writers.run_files import NAMED_CLASS_KINDS, write_run_files
+
+INSTALL_HINT = 'pip install "mrcnn[ray]" (in a checkout: pip install -e ".[ray]")'
+GPU_BATCH_SIZE = 4  # as models/loading.py's default on CUDA
+CPU_BATCH_SIZE = 1
+MAX_GROUPS_PER_BLOCK = 16
+DONE, FAILED, FATAL = "done", "failed", "fatal"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide: None picks from the cluster (see `resolve`)."""
+
+    address: str | None = None  # None: start a local Ray; else join this cluster
+    num_workers: int | None = None  # default: one per GPU, else 1
+    gpus_per_worker: float | None = None  # default: 1 if the cluster has GPUs, else 0
+    cpus_per_worker: float = 1.0
+    decode_in_tasks: bool | None = None  # default: with GPU workers (CPU ones decode inline)
+
+    def validate(self) -> None:
+        if self.num_workers is not None and self.num_workers < 1:
+            raise MrcnnError("--num-workers must be at least 1")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise MrcnnError("--gpus-per-worker must be 0 or more")
+        if self.cpus_per_worker <= 0:
+            raise MrcnnError("--cpus-per-worker must be more than 0")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    workers: int
+    gpus: float
+    cpus: float
+    decode_in_tasks: bool
+    batch_size: int
+
+
+def import_ray() -> Any:
+    """The `ray` module with Ray Data, or a one-line usage error saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise MrcnnError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from exc
+    return ray
+
+
+# --- the driver ----------------------------------------------------------------------
+def run_segment_ray(
+    cfg: SegmentConfig,
+    options: RayOptions | None = None,
+    progress: ProgressListener | None = None,
+) -> RunSummary:
+    """`run_segment` on Ray: same outputs, resume, failures and summary (images only)."""
+    options = options or RayOptions()
+    cfg.validate()
+    options.validate()
+    ray = import_ray()
+    with locked_inputs(cfg.inputs, frozenset({"image"}), cfg.out) as (items, failures):
+        started = _connect(ray, options)
+        try:
+            plan = _plan(ray, cfg, options, started)
+            check_out_from_workers(ray, cfg.out.resolve())
+            return _drive(ray, cfg, plan, items, failures, progress)
+        finally:
+            if started:
+                _no_auto_init(ray)
+                ray.shutdown()
+
+
+def _no_auto_init(ray: Any) -> None:
+    """After a Ctrl-C, Ray Data's scheduling thread can outlive its 2 s shutdown wait; its
+    next Ray call would start a fresh local Ray (auto-init) that nobody shuts down. We
+    started this Ray and end it: no auto-init from here on in this process."""
+    hook = getattr(getattr(ray, "_private", None), "auto_init_hook", None)
+    if hook is not None and hasattr(hook, "enable_auto_connect"):
+        hook.enable_auto_connect = False
+
+
+def _connect(ray: Any, options: RayOptions) -> bool:
+    """Join the cluster, or start a quiet local Ray; True if this call started one."""
+    if ray.is_initialized():  # the caller's own Ray (a notebook, the tests)
+        return False
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
+    if options.address:
+        try:
+            ray.init(address=options.address, **quiet)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MrcnnError(f"cannot join the Ray cluster at {options.address}: {first}") from exc
+        return True
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = options.num_workers or 1
+    # Decode tasks need a CPU beside the workers' (logical CPUs: oversubscribing is safe).
+    needed = workers * options.cpus_per_worker + 1
+    ray.init(address="local", num_cpus=max(cpus or 1, math.ceil(needed)), **quiet)
+    return True
+
+
+def _plan(ray: Any, cfg: SegmentConfig, options: RayOptions, local: bool) -> _Plan:
+    resources = ray.cluster_resources()
+    cluster_gpus = float(resources.get("GPU", 0))
+    gpus = options.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus >= 1 else 0.0
+    workers = options.num_workers or (max(1, int(cluster_gpus // gpus)) if gpus else 1)
+    device = cfg.model.device
+    if gpus == 0 and device.startswith("cuda"):
+        raise MrcnnError("--device cuda with --engine ray needs --gpus-per-worker 1 (or more)")
+    if gpus > 0 and device not in ("auto", "cuda"):
+        raise MrcnnError("with --engine ray, Ray assigns each worker its GPUs: use --device auto")
+    if local:  # a cluster may grow (autoscaling); a local Ray cannot
+        if workers * gpus > cluster_gpus:
+            raise MrcnnError(
+                f"{workers} worker(s) x {gpus:g} GPU need {workers * gpus:g} GPU(s); "
+                f"this machine has {cluster_gpus:g}"
+            )
+    decode_in_tasks = options.decode_in_tasks
+    if decode_in_tasks is None:
+        decode_in_tasks = gpus > 0
+    batch_size = cfg.batch_size or (GPU_BATCH_SIZE if gpus > 0 else CPU_BATCH_SIZE)
+    return _Plan(workers, gpus, options.cpus_per_worker, decode_in_tasks, batch_size)
+
+
+def _worker_config(cfg: SegmentConfig, plan: _Plan) -> SegmentConfig:
+    """`cfg` with every path absolute (workers run elsewhere) and the device pinned."""
+    model = cfg.model
+    if is_model_path(model.model) and Path(model.model).exists():  # not `demo` or an arch
+        model = replace(model, model=str(Path(model.model).resolve()))
+    if model.weights:
+        model = replace(model, weights=str(Path(model.weights).resolve()))
+    device = model.device if model.device != "auto" else ("cuda" if plan.gpus > 0 else "cpu")
+    model = replace(model, device=device)
+    ann = cfg.ann.resolve() if cfg.ann else None
+    return replace(cfg, out=cfg.out.resolve(), model=model, ann=ann)
+
+
+def _drive(
+    ray: Any,
+    cfg: SegmentConfig,
+    plan: _Plan,
+    items: list[SourceItem],
+    failures: list[FailedItem],
+    progress: ProgressListener | None,
+) -> RunSummary:
+    journal = Journal(cfg.out)
+    if cfg.overwrite:
+        journal.clear()
+    digest = settings_hash(output_settings(cfg, plan.batch_size))
+    known = image_ids_from_annotations(cfg.ann) if cfg.ann else None
+    image_ids = assign_image_ids([it.rel for it in items], known)
+
+    with Tally(len(items) + len(failures), listener=progress) as tally:
+        for failed in failures:
+            tally.fail(failed)
+        todo = []
+        for it in items:
+            if journal.is_done(it.rel, digest):
+                tally.skip()
+            else:
+                todo.append(it)
+        groups = batch_groups(items, todo, plan.batch_size)
+        segments: set[str] = set()  # the workers' journal files, named by the workers
+        if groups:
+            by_rel = {str(it.rel): it for it in todo}
+            rows = _rows(groups, by_rel, image_ids)
+            worker_cfg = _worker_config(cfg, plan)
+            results = _execute(ray, rows, worker_cfg, digest, plan)
+            try:
+                for rel, status, detections, reason, segment in results:
+                    segments.add(segment)
+                    if status == FATAL:
+                        raise MrcnnError(reason)
+                    if status == DONE:
+                        tally.advance(detections=detections)
+                    else:
+                        tally.fail(FailedItem(by_rel[rel].path, reason))
+            finally:
+                results.close()  # stop the dataset now (Ctrl-C, an error), before ray.shutdown
+        journal.refresh(segments)  # what the workers appended
+        names, ids = _class_tables(cfg) if NAMED_CLASS_KINDS & set(cfg.save) else ((), ())
+        rels = [it.rel for it in items]
+        for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
+                                      names, ids):  # fmt: skip
+            tally.fail(failed)
+        summary = tally.summary()
+    write_failures(cfg.out, summary.failed)
+    return summary
+
+
+def _class_tables(cfg: SegmentConfig) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The model's class names and category ids, read by the driver (which runs no model)
+    for the tables and label lists the run-level files carry."""
+    meta, _, _ = meta_and_state(cfg.model.model, cfg.model.weights, cfg.model.random_init_seed)
+    return meta.class_names, meta.category_ids
+
+
+def _rows(
+    groups: list[list[SourceItem]], todo: dict[str, SourceItem], image_ids: dict[str, int]
+) -> list[dict[str, Any]]:
+    """One dataset row per model batch: small values only."""
+    return [
+        {
+            "paths": [str(it.path.resolve()) for it in group],
+            "shown": [str(it.path) for it in group],
+            "rels": [str(it.rel) for it in group],
+            "ids": [image_ids[str(it.rel)] for it in group],
+            "todo": [str(it.rel) in todo for it in group],
+        }
+        for group in groups
+    ]
+
+
+def _no_restarts() -> dict[str, Any]:
+    """Ray Data restarts a dead worker and retries its batch forever by default: one
+    image that kills its worker (out of memory) would loop. Fail instead; rerun resumes."""
+    return {"max_restarts": 0, "max_task_retries": 0}
+
+
+def _execute(
+    ray: Any, rows: list[dict[str, Any]], cfg: SegmentConfig, digest: str, plan: _Plan
+) -> Iterator[tuple[str, str, int, str]]:
+    """Run the dataset; yield (rel, status, detections, reason, journal segment) per
+    to-do image."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the CLI draws its own, from the driver
+    if hasattr(context, "print_on_execution_start"):
+        context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+    per_block = max(1, min(MAX_GROUPS_PER_BLOCK, len(rows) // (plan.workers * 8)))
+    ds = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // per_block))
+    if plan.decode_in_tasks:
+        ds = ds.map(decode_row, fn_kwargs={"max_pixels": cfg.max_pixels}, num_cpus=1)
+    extra: dict[str, Any] = {}
+    if "ray_remote_args_fn" in inspect.signature(ds.map_batches).parameters:
+        extra["ray_remote_args_fn"] = _no_restarts  # deprecated in Ray 2.60, still the only way
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(
+            SegmentWorker,
+            batch_size=1,  # one row = one model batch
+            batch_format="pyarrow",
+            # A fixed pool: every worker starts at once (an autoscaling pool may stay at
+            # one); two batches in flight per worker keep it busy without hoarding work.
+            compute=ray.data.ActorPoolStrategy(size=plan.workers, max_tasks_in_flight_per_actor=2),
+            num_cpus=plan.cpus,
+            num_gpus=plan.gpus,
+            fn_constructor_kwargs={"cfg": cfg, "digest": digest, "batch_size": plan.batch_size},
+            **extra,
+        )
+    rows_out = iter(ds.iter_rows())
+    try:
+        for row in rows_out:
+            yield (row["rel"], row["status"], int(row["detections"]), row["reason"],
+                   row["segment"])  # fmt: skip
+    except ray.exceptions.RayError as exc:
+        raise MrcnnError(f"the Ray job failed: {_first_line(exc)}") from exc
+    finally:
+        close = getattr(rows_out, "close", None)
+        if close is not None:
+            close()  # shuts Ray Data's executor down (its thread would outlive ray.shutdown)
+
+
+def _first_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if line.strip() and not line.strip().startswith("^"):
+            return line.strip()[:300]
+    return type(exc).__name__
+
+
+# --- the output folder, seen from the workers ------------------------------------------
+def _probe(out: str, name: str) -> str | None:
+    """On a worker node: write a file in `out`; None if that worked, else why not."""
+    try:
+        path = Path(out) / STATE_DIR / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def check_out_from_workers(ray: Any, out: Path) -> None:
+    """Every node that runs workers must write to `out`, and the driver must see it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(_probe)
+    token = secrets.token_hex(6)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    pending = []
+    for node in nodes:
+        name = f"probe-{token}-{node['NodeID'][:12]}"
+        strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        pending.append(
+            (node, name, probe.options(scheduling_strategy=strategy).remote(str(out), name))
+        )
+    shared = "outputs must be on storage every worker sees (one shared filesystem, same path)"
+    for node, name, ref in pending:
+        where = node.get("NodeManagerAddress", node["NodeID"][:12])
+        error = ray.get(ref, timeout=300)
+        if error is not None:
+            raise MrcnnError(
+                f"--out {out} is not writable from the Ray node {where}: {error}; {shared}"
+            )
+        probe_file = out / STATE_DIR / name
+        if not probe_file.exists():
+            raise MrcnnError(
+                f"--out {out} is not shared with the Ray node {where} (a file it wrote there "
+                f"is not here); {shared}"
+            )
+        probe_file.unlink()
+
+
+# --- the workers ---------------------------------------------------------------------
+def decode_row(row: dict[str, Any], max_pixels: int) -> dict[str, Any]:
+    """Decode a model batch's images: raw RGB bytes + [h, w], or the reason it failed."""
+    pixels, shapes, errors = [], [], []
+    for path in row["paths"]:
+        result = decode_image_safe(path, max_pixels)
+        if isinstance(result, FailedItem):
+            pixels.append(b"")
+            shapes.append([0, 0])
+            errors.append(result.reason)
+        else:
+            pixels.append(np.ascontiguousarray(result).tobytes())
+            shapes.append([int(result.shape[0]), int(result.shape[1])])
+            errors.append("")
+    return {**row, "pixels": pixels, "shapes": shapes, "errors": errors}
+
+
+class SegmentWorker:
+    """One per Ray worker: a Segmenter built once, the engine's writers, its own journal."""
+
+    def __init__(self, cfg: SegmentConfig, digest: str, batch_size: int) -> None:
+        self.cfg = cfg
+        self.fatal: str | None = None
+        try:
+            self.segmenter = Segmenter.from_config(cfg.model, batch_size)
+        except MrcnnError as exc:  # a value, not a raise: Ray would retry a dying constructor
+            self.fatal = str(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure to build the model stops the run
+            self.fatal = f"cannot load the model on a Ray worker: {type(exc).__name__}: {exc}"
+        self.journal = Journal(cfg.out)
+        self.ids: dict[str, int] = {}
+        self.writer = ImageWriter(cfg, self.journal, digest, self.ids)
+        self.pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="write")
+
+    def __call__(self, batch: Any) -> dict[str, list[Any]]:
+        results = [result for row in batch.to_pylist() for result in self._group(row)]
+        self.journal.flush()  # durable and visible to the driver before it hears of it
+        segment = self.journal.segment_name or ""
+        columns = zip(*results) if results else ((), (), (), ())
+        out = dict(zip(("rel", "status", "detections", "reason"), map(list, columns)))
+        out["segment"] = [segment] * len(results)
+        return out
+
+    def _group(self, row: dict[str, Any]) -> list[tuple[str, str, int, str]]:
+        rels, todo = row["rels"], row["todo"]
+        if self.fatal is not None:
+            return [(rel, FATAL, 0, self.fatal) for rel, t in zip(rels, todo) if t]
+        if "pixels" not in row:  # CPU workers decode here (no pixels through the store)
+            row = decode_row(row, self.cfg.max_pixels)
+        results: list[tuple[str, str, int, str]] = []
+
+        def fail(rel: str, reason: str) -> None:
+            self.journal.forget(rel)  # a file that fails now keeps no older results
+            results.append((rel, FAILED, 0, reason))
+
+        batch: list[tuple[int, Decoded]] = []
+        for i, rel in enumerate(rels):
+            if row["errors"][i]:
+                if todo[i]:
+                    fail(rel, row["errors"][i])
+                continue
+            h, w = row["shapes"][i]
+            image = np.frombuffer(row["pixels"][i], np.uint8).reshape(h, w, 3)
+            item = SourceItem(Path(row["shown"][i]), PurePosixPath(rel), "image")
+            batch.append((i, Decoded(item, image)))
+        predicted = self.segmenter.predict_batch([d.image for _, d in batch]) if batch else []
+        writes: list[tuple[str, Future]] = []
+        for (i, decoded), dets in zip(batch, predicted, strict=True):
+            rel = rels[i]
+            if not todo[i]:
+                continue  # a batch-mate done earlier: run for the padding, not written
+            if isinstance(dets, ImageError):
+                fail(rel, dets.reason)
+            else:
+                self.ids[rel] = row["ids"][i]
+                writes.append((rel, self.pool.submit(self.writer, decoded, dets)))
+        for rel, future in writes:
+            try:
+                results.append((rel, DONE, int(future.result()), ""))
+            except (OSError, ValueError) as exc:
+                fail(rel, f"cannot write outputs: {exc}")
+        self.ids.clear()
+        return results
