@@ -30,6 +30,8 @@ def proc_sample(pid: int) -> tuple[int, int, int] | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if "VmRSS" not in fields:  # exited, not yet reaped
+        return None
     rss = int(fields["VmRSS"].split()[0])
     threads = int(fields["Threads"].strip())
     return rss, fds, threads
