@@ -51,41 +51,48 @@ def stderr_is_tty() -> bool:
 
 
 # --- the model options, declared once ----------------------------------------------
+def _model_option(*decls: str, **kwargs: Any) -> Any:
+    """A Typer option shown under "Model" in --help."""
+    return typer.Option(*decls, rich_help_panel="Model", **kwargs)
+
+
 def _model_option_parameters(score_thr: float, score_help: str, with_classes: bool):
     """(name, default, annotation) of every model option, in the order --help shows them."""
     params = [
-        ("model", None, Annotated[str | None, typer.Option(
+        ("model", None, Annotated[str | None, _model_option(
             "--model", "-m", help="Model name (maskrcnn_resnet50_fpn (default), "
             "maskrcnn_resnet50_fpn_v2, demo) or a checkpoint path written by `mrcnn train`.")]),
-        ("weights", None, Annotated[str | None, typer.Option(
+        ("weights", None, Annotated[str | None, _model_option(
             "--weights", "-w", help="Checkpoint file for a torchvision model.")]),
-        ("device", "auto", Annotated[str, typer.Option(
+        ("device", "auto", Annotated[str, _model_option(
             "--device", help="auto | cpu | cuda | cuda:N (auto picks CUDA if present).")]),
-        ("precision", "fp32", Annotated[str, typer.Option(
+        ("precision", "fp32", Annotated[str, _model_option(
             "--precision", help="fp32 (exact: torchvision's numbers) | bf16 (CPUs with "
             "avx512_bf16/AMX, CUDA; ~2x faster on such CPUs) | fp16 (CUDA).")]),
-        ("half", False, Annotated[bool, typer.Option(
+        ("half", False, Annotated[bool, _model_option(
             "--half", help="Same as --precision fp16 (CUDA only).")]),
-        ("channels_last", None, Annotated[bool | None, typer.Option(
+        ("channels_last", None, Annotated[bool | None, _model_option(
             "--channels-last/--no-channels-last", help="Channels-last backbone memory "
             "(default: on for bf16/fp16; off for fp32, where it rounds differently).")]),
-        ("score_thr", score_thr, Annotated[float, typer.Option(
+        ("score_thr", score_thr, Annotated[float, _model_option(
             "--score-thr", min=0.0, max=1.0, help=score_help)]),
-        ("max_det", 100, Annotated[int, typer.Option(
+        ("max_det", 100, Annotated[int, _model_option(
             "--max-det", min=1, help="At most this many detections per image.")]),
-        ("classes", None, Annotated[str | None, typer.Option(
+        ("classes", None, Annotated[str | None, _model_option(
             "--classes", help="Keep only these classes: comma-separated names or ids.")]),
-        ("mask_thr", 0.5, Annotated[float, typer.Option(
+        ("mask_thr", 0.5, Annotated[float, _model_option(
             "--mask-thr", min=0.0, max=1.0, help="Mask probability threshold.")]),
-        ("roi_op", None, RoiOpOpt),
-        ("tile", None, Annotated[int | None, typer.Option(
+        ("roi_op", None, Annotated[str | None, _model_option(
+            "--roi-op", help="align (RoIAlign) or pool (quantised RoIPool); default: the "
+            "model's own (a checkpoint's training setting, else align).")]),
+        ("tile", None, Annotated[int | None, _model_option(
             "--tile", min=16, help="Sliced inference: run overlapping tiles of this many pixels "
             "at native resolution and merge them (small objects in large images).")]),
-        ("tile_overlap", 0.2, Annotated[float, typer.Option(
+        ("tile_overlap", 0.2, Annotated[float, _model_option(
             "--tile-overlap", min=0.0, max=0.9, help="Overlap between tiles, a fraction.")]),
-        ("tile_full", False, Annotated[bool, typer.Option(
+        ("tile_full", False, Annotated[bool, _model_option(
             "--tile-full", help="With --tile, also run the whole image (large objects).")]),
-        ("random_weights", None, Annotated[int | None, typer.Option(
+        ("random_weights", None, Annotated[int | None, _model_option(
             "--random-weights", hidden=True, help="Seeded random init (tests, benchmarks).")]),
     ]  # fmt: skip
     return [p for p in params if with_classes or p[0] != "classes"]

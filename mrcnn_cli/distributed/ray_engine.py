@@ -40,7 +40,7 @@ import numpy as np
 
 from mrcnn_cli.config import SegmentConfig
 from mrcnn_cli.decode import decode_image_safe
-from mrcnn_cli.engine import Decoded, ImageWriter, batch_groups, output_settings
+from mrcnn_cli.engine import Decoded, ImageWriter, batch_groups, is_done, output_settings
 from mrcnn_cli.errors import FailedItem, MrcnnError
 from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
 from mrcnn_cli.journal import STATE_DIR, Journal, settings_hash, write_failures
@@ -207,7 +207,7 @@ def _drive(
             tally.fail(failed)
         todo = []
         for it in items:
-            if journal.is_done(it.rel, digest):
+            if is_done(cfg, journal, it.rel, digest):
                 tally.skip()
             else:
                 todo.append(it)
