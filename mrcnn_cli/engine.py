@@ -231,7 +231,8 @@ def _segment(
     all_images = [it.rel for it in run.items if it.kind == "image"]
     image_ids = assign_image_ids(all_images, known)  # over all inputs: shards agree
     if shard is not None:
-        write_manifest(cfg.out, shard, run.items, image_ids, digest)
+        write_manifest(cfg.out, shard, run.items, image_ids, digest, cfg.save,
+                       segmenter.class_names, segmenter.category_ids)  # fmt: skip
     writer = ImageWriter(cfg, journal, digest, image_ids)
 
     with Tally(len(items) + len(videos) + len(run.failures), listener=progress) as tally:

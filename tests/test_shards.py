@@ -24,7 +24,7 @@ N = 3
 
 def segment_args(checkpoint: Path, out: Path, *inputs, extra=()) -> list:
     return ["segment", *inputs, "--model", checkpoint, "--device", "cpu", "--score-thr", "0",
-            "--max-det", "5", "--save", "overlay,masks,coco", "--out", out, "--json",
+            "--max-det", "5", "--save", "overlay,masks,coco,csv,cvat", "--out", out, "--json",
             *extra]  # fmt: skip
 
 
@@ -164,7 +164,8 @@ def test_merged_shards_equal_one_unsharded_run(shards, unsharded, bad_file, tmp_
     assert summary["failures"] == [{"path": str(bad_file), "reason": "empty file (0 bytes)"}]
     merged, whole = output_files(tmp_path / "merged"), output_files(unsharded)
     assert sorted(merged) == sorted(whole)
-    for name in whole:  # predictions.json, images.json, failures.jsonl, masks, overlays
+    assert "objects.csv" in whole and "cvat.xml" in whole
+    for name in whole:  # predictions.json, images.json, failures.jsonl, csv, cvat, masks, overlays
         assert merged[name] == whole[name], name
     assert summary["files_linked"] + summary["files_copied"] == 2 * len(IMAGES) + N
 

@@ -32,7 +32,7 @@ from mrcnn_cli.journal import (
     Journal,
     write_failures,
 )
-from mrcnn_cli.writers.run_files import IMAGES_FILE, PREDICTIONS_FILE
+from mrcnn_cli.writers.run_files import IMAGES_FILE, PREDICTIONS_FILE, write_run_files
 
 
 class IncompleteShardsError(MrcnnError):
@@ -90,11 +90,16 @@ def merge_shards(folders: Sequence[Path], out: Path, move: bool = False) -> Merg
         _bring_files(folder, out, move, summary)
     images = [it for it in items if it.kind == "image"]
     ids = {it.rel: it.image_id for it in images if it.image_id is not None}
-    settings = shards[0].manifest.settings_hash
-    counts = Journal(out).write_coco(
-        out / PREDICTIONS_FILE, out / IMAGES_FILE, [it.rel for it in images], settings, ids
-    )
+    manifest = shards[0].manifest
+    settings = manifest.settings_hash
+    rels = [it.rel for it in images]
+    journal = Journal(out)
+    counts = journal.write_coco(out / PREDICTIONS_FILE, out / IMAGES_FILE, rels, settings, ids)
     summary.images, summary.detections = counts.images, counts.detections
+    others = [k for k in manifest.save if k != "coco"]  # objects.csv, cvat.xml, data.yaml
+    if others and manifest.class_names:
+        failed += write_run_files(out, others, journal, rels, settings, ids,
+                                  manifest.class_names, manifest.category_ids)  # fmt: skip
     write_failures(out, failed)
     summary.seconds = time.perf_counter() - start
     return summary

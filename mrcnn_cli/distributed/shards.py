@@ -112,6 +112,9 @@ class ShardManifest:
     inputs_digest: str
     total_inputs: int
     items: tuple[ShardItem, ...]
+    save: tuple[str, ...] = ()  # the --save kinds: merge rebuilds the run-level files
+    class_names: tuple[str, ...] = ()  # the model's, for the files that list classes
+    category_ids: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,6 +125,9 @@ class ShardManifest:
             "inputs_digest": self.inputs_digest,
             "total_inputs": self.total_inputs,
             "items": [[i.index, i.rel, i.kind, i.image_id, i.path] for i in self.items],
+            "save": list(self.save),
+            "class_names": list(self.class_names),
+            "category_ids": list(self.category_ids),
         }
 
     @classmethod
@@ -145,6 +151,9 @@ class ShardManifest:
             inputs_digest=str(data["inputs_digest"]),
             total_inputs=data["total_inputs"],
             items=tuple(items),
+            save=tuple(str(k) for k in data.get("save", ())),
+            class_names=tuple(str(n) for n in data.get("class_names", ())),
+            category_ids=tuple(int(i) for i in data.get("category_ids", ())),
         )
 
 
@@ -158,15 +167,26 @@ def write_manifest(
     all_items: Sequence[SourceItem],
     image_ids: Mapping[str, int],
     settings_hash: str,
+    save: Sequence[str] = (),
+    class_names: Sequence[str] = (),
+    category_ids: Sequence[int] = (),
 ) -> Path:
-    """Record what this shard was cut from and what it holds (before any image is run)."""
+    """Record what this shard was cut from and what it holds (before any image is run),
+    and what `mrcnn merge` needs to rebuild the run-level files (kinds, class names)."""
     mine = [
         ShardItem(i, str(it.rel), it.kind, image_ids.get(str(it.rel)), str(it.path))
         for i, it in enumerate(all_items)
         if shard.owns(it.rel)
     ]
     manifest = ShardManifest(
-        shard, settings_hash, inputs_digest(all_items), len(all_items), tuple(mine)
+        shard,
+        settings_hash,
+        inputs_digest(all_items),
+        len(all_items),
+        tuple(mine),
+        tuple(save),
+        tuple(class_names),
+        tuple(int(i) for i in category_ids),
     )
     path = manifest_dir(out) / f"{shard.tag}.json"
     write_json(path, manifest.to_json())
