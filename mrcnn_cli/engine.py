@@ -192,6 +192,27 @@ def is_done(cfg: SegmentConfig, journal: Journal, rel: PurePosixPath, digest: st
     return outputs_exist(cfg, rel, detections)
 
 
+def images_to_do(
+    cfg: SegmentConfig,
+    journal: Journal,
+    items: Sequence[SourceItem],
+    failures: Sequence[FailedItem],
+    digest: str,
+    tally: Tally,
+) -> list[SourceItem]:
+    """Count the inputs that failed already and the images an earlier run finished;
+    return the images left to do (every engine starts its run with this)."""
+    for failed in failures:
+        tally.fail(failed)
+    todo = []
+    for it in items:
+        if is_done(cfg, journal, it.rel, digest):
+            tally.skip()
+        else:
+            todo.append(it)
+    return todo
+
+
 def run_segment(
     cfg: SegmentConfig,
     progress: ProgressListener | None = None,
@@ -236,14 +257,7 @@ def _segment(
     writer = ImageWriter(cfg, journal, digest, image_ids)
 
     with Tally(len(items) + len(videos) + len(run.failures), listener=progress) as tally:
-        for failed in run.failures:
-            tally.fail(failed)
-        todo = []
-        for it in items:
-            if is_done(cfg, journal, it.rel, digest):
-                tally.skip()
-            else:
-                todo.append(it)
+        todo = images_to_do(cfg, journal, items, run.failures, digest, tally)
 
         rel_of = {str(it.path): it.rel for it in todo}
 

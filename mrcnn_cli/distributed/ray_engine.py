@@ -40,7 +40,13 @@ import numpy as np
 
 from mrcnn_cli.config import SegmentConfig
 from mrcnn_cli.decode import decode_image_safe
-from mrcnn_cli.engine import Decoded, ImageWriter, batch_groups, is_done, output_settings
+from mrcnn_cli.engine import (
+    Decoded,
+    ImageWriter,
+    batch_groups,
+    images_to_do,
+    output_settings,
+)
 from mrcnn_cli.errors import FailedItem, MrcnnError
 from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
 from mrcnn_cli.journal import STATE_DIR, Journal, settings_hash, write_failures
@@ -203,14 +209,7 @@ def _drive(
     image_ids = assign_image_ids([it.rel for it in items], known)
 
     with Tally(len(items) + len(failures), listener=progress) as tally:
-        for failed in failures:
-            tally.fail(failed)
-        todo = []
-        for it in items:
-            if is_done(cfg, journal, it.rel, digest):
-                tally.skip()
-            else:
-                todo.append(it)
+        todo = images_to_do(cfg, journal, items, failures, digest, tally)
         groups = batch_groups(items, todo, plan.batch_size)
         segments: set[str] = set()  # the workers' journal files, named by the workers
         if groups:
