@@ -194,7 +194,7 @@ def test_a_newline_in_a_name_keeps_its_failure_on_one_line(tmp_path):
     ],
 )
 def test_odd_option_values_are_refused_in_one_line(photos, tmp_path, args, message):
-    result = invoke_cli(["segment", photos, *DEMO, "--quiet", *args])
+    result = invoke_cli(["segment", photos, *DEMO, "--quiet", "-o", tmp_path / "o", *args])
     assert result.exit_code == 2 and message in result.stderr
 
 
