@@ -153,3 +153,21 @@ def test_a_tiled_image_keeps_the_image_frame(mosaic):
     assert dets.masks.shape[1:] == image.shape[:2]
     assert len(dets) and (dets.boxes[:, 2] <= image.shape[1]).all()
     assert np.all(dets.masks.any(axis=(1, 2)))
+
+
+def test_csv_and_cvat_together_decode_each_image_once(tmp_path, monkeypatch):
+    from mrcnn_cli.detections import Detections
+
+    calls = []
+    real = Detections.from_coco.__func__
+
+    def counting(cls, *args, **kwargs):
+        calls.append(1)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Detections, "from_coco", classmethod(counting))
+    result = invoke_cli(["segment", EXAMPLES / "images", "-o", tmp_path, *DEMO,
+                         "--save", "csv,cvat", "--quiet"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 6
+    assert (tmp_path / "objects.csv").is_file() and (tmp_path / "cvat.xml").is_file()

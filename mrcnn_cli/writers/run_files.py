@@ -15,7 +15,7 @@ from typing import Any
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.distributed.shards import ShardSpec, shard_file_name
 from mrcnn_cli.errors import FailedItem
-from mrcnn_cli.journal import ImageRecord, Journal
+from mrcnn_cli.journal import Journal
 from mrcnn_cli.names import os_error_reason
 from mrcnn_cli.writers.classes import real_class_names
 from mrcnn_cli.writers.csv_table import object_rows, write_objects_csv
@@ -29,21 +29,48 @@ CVAT_FILE = "cvat.xml"
 NAMED_CLASS_KINDS = frozenset({"csv", "cvat", "yolo"})  # run files that list class names
 
 
-def _records(
-    journal: Journal, rels: Sequence[PurePosixPath | str], digest: str
-) -> Iterator[ImageRecord]:
-    for rel in rels:
-        record = journal.load(rel)
-        if record is not None and record.settings_hash == digest:
-            yield record
+class _TablePass:
+    """One pass over the records for objects.csv and cvat.xml: each image's masks are
+    decoded once even when both files are asked for (at 12 MP that is the cost)."""
 
+    def __init__(
+        self,
+        journal: Journal,
+        rels: Sequence[PurePosixPath | str],
+        digest: str,
+        image_ids: dict[str, int],
+        class_names: tuple[str, ...],
+        category_ids: tuple[int, ...],
+        want_fragments: bool,
+    ) -> None:
+        self.journal, self.rels, self.digest, self.image_ids = journal, rels, digest, image_ids
+        self.class_names, self.category_ids = class_names, category_ids
+        self.want_fragments = want_fragments
+        self.fragments: list[dict[str, Any]] = []
+        self.complete = False  # the fragments hold every image
 
-def _detections(
-    record: ImageRecord, class_names: tuple[str, ...], category_ids: tuple[int, ...]
-) -> Detections:
-    return Detections.from_coco(
-        record.results, record.height, record.width, class_names, category_ids
-    )
+    def rows(self, want_rows: bool = True) -> Iterator[dict[str, Any]]:
+        """The CSV rows in input order, collecting the CVAT fragments on the way."""
+        self.fragments, self.complete = [], False
+        for rel in self.rels:
+            record = self.journal.load(rel)
+            if record is None or record.settings_hash != self.digest:
+                continue
+            dets = Detections.from_coco(
+                record.results, record.height, record.width, self.class_names, self.category_ids
+            )
+            if self.want_fragments:
+                self.fragments.append(cvat_fragment(dets, record.rel, record.height, record.width))
+            if want_rows:
+                yield from object_rows(dets, record.rel, self.image_ids[record.rel])
+        self.complete = True
+
+    def all_fragments(self) -> list[dict[str, Any]]:
+        """The CVAT fragments of every image (a pass of their own if the CSV made none)."""
+        if not self.complete:
+            for _ in self.rows(want_rows=False):
+                pass
+        return self.fragments
 
 
 def write_run_files(
@@ -71,38 +98,12 @@ def write_run_files(
         jobs.append(
             (predictions, lambda: journal.write_coco(predictions, images, rels, digest, image_ids))
         )
+    tables = _TablePass(journal, rels, digest, image_ids, class_names, category_ids, "cvat" in save)
     if "csv" in save:
-        jobs.append(
-            (
-                objects,
-                lambda: write_objects_csv(
-                    objects,
-                    (
-                        row
-                        for r in _records(journal, rels, digest)
-                        for row in object_rows(
-                            _detections(r, class_names, category_ids), r.rel, image_ids[r.rel]
-                        )
-                    ),
-                ),
-            )
-        )
+        jobs.append((objects, lambda: write_objects_csv(objects, tables.rows())))
     if "cvat" in save:
-        jobs.append(
-            (
-                cvat,
-                lambda: write_cvat_xml(
-                    cvat,
-                    real_class_names(class_names),
-                    [
-                        cvat_fragment(
-                            _detections(r, class_names, category_ids), r.rel, r.height, r.width
-                        )
-                        for r in _records(journal, rels, digest)
-                    ],
-                ),
-            )
-        )
+        labels = real_class_names(class_names)
+        jobs.append((cvat, lambda: write_cvat_xml(cvat, labels, tables.all_fragments())))
     if "yolo" in save:
         jobs.append((out / "yolo" / "data.yaml", lambda: write_yolo_data_yaml(out, class_names)))
     failures = []
