@@ -31,12 +31,12 @@ from mrcnn_cli.distributed.shards import (
 )
 from mrcnn_cli.errors import FailedItem
 from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
-from mrcnn_cli.journal import FAILURES_FILE, Journal, settings_hash, write_failures
-from mrcnn_cli.names import display_name
+from mrcnn_cli.journal import FAILURES_FILE, Journal, close_with_failures, settings_hash
+from mrcnn_cli.names import display_name, os_error_reason
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
 from mrcnn_cli.runs import PreparedRun, model_fingerprint, prepared_run
 from mrcnn_cli.segmenter import ImageError, Segmenter
-from mrcnn_cli.sources import SourceItem
+from mrcnn_cli.sources import SourceItem, source_stamp
 from mrcnn_cli.video.job import process_video
 from mrcnn_cli.writers import output_path
 from mrcnn_cli.writers.coco import assign_image_ids
@@ -62,24 +62,32 @@ def output_settings(cfg: SegmentConfig, batch_size: int) -> dict[str, Any]:
 class Decoded:
     item: SourceItem
     image: np.ndarray
+    stamp: str | None = None  # the source's size and mtime when it was read
+
+
+def decode_item(item: SourceItem, max_pixels: int) -> Decoded | FailedItem:
+    """Decode one input, stamped first (see `source_stamp`)."""
+    stamp = source_stamp(item.path)
+    result = decode_image_safe(item.path, max_pixels)
+    return result if isinstance(result, FailedItem) else Decoded(item, result, stamp)
 
 
 def decode_ahead(
     items: Sequence[SourceItem], workers: int, lookahead: int, max_pixels: int
-) -> Iterator[tuple[SourceItem, np.ndarray | FailedItem]]:
+) -> Iterator[tuple[SourceItem, Decoded | FailedItem]]:
     """Decode in a thread pool, yielding in input order, at most `lookahead` in flight."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque[tuple[SourceItem, Future]] = deque()
         queue = iter(items)
         for item in queue:
-            pending.append((item, pool.submit(decode_image_safe, item.path, max_pixels)))
+            pending.append((item, pool.submit(decode_item, item, max_pixels)))
             if len(pending) >= lookahead:
                 break
         while pending:
             item, fut = pending.popleft()
             nxt = next(queue, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(decode_image_safe, nxt.path, max_pixels)))
+                pending.append((nxt, pool.submit(decode_item, nxt, max_pixels)))
             yield item, fut.result()
 
 
@@ -99,7 +107,7 @@ def batch_groups(
 
 
 def batched(
-    decoded: Iterable[tuple[SourceItem, np.ndarray | FailedItem]],
+    decoded: Iterable[tuple[SourceItem, Decoded | FailedItem]],
     group_sizes: Iterable[int],
     on_failure: Callable[[FailedItem], None],
 ) -> Iterator[list[Decoded]]:
@@ -111,7 +119,7 @@ def batched(
             if isinstance(result, FailedItem):
                 on_failure(FailedItem(item.path, result.reason))
             else:
-                batch.append(Decoded(item, result))
+                batch.append(result)
         if batch:
             yield batch
 
@@ -151,6 +159,7 @@ class ImageWriter:
             height=h,
             results=dets.to_coco(image_id),
             settings_hash=self.digest,
+            stamp=decoded.stamp,
         )
         return len(dets)
 
@@ -179,9 +188,13 @@ def outputs_exist(cfg: SegmentConfig, rel: PurePosixPath, detections: int) -> bo
     return all(f.is_file() for f in files) and all(d.is_dir() for d in folders)
 
 
-def is_done(cfg: SegmentConfig, journal: Journal, rel: PurePosixPath, digest: str) -> bool:
-    """Recorded under the current settings, and its files not deleted since."""
-    if not journal.is_done(rel, digest):  # the journal's index alone: cheap
+def is_done(
+    cfg: SegmentConfig, journal: Journal, item: SourceItem, digest: str
+) -> bool:
+    """Recorded under the current settings from the same source file (size and mtime),
+    and its output files not deleted since."""
+    rel = item.rel
+    if not journal.is_done(rel, digest, source_stamp(item.path)):  # the index: cheap
         return False
     detections = 0
     if "crops" in cfg.save or ("masks" in cfg.save and cfg.mask_format == "binary"):
@@ -206,7 +219,7 @@ def images_to_do(
         tally.fail(failed)
     todo = []
     for it in items:
-        if is_done(cfg, journal, it.rel, digest):
+        if is_done(cfg, journal, it, digest):
             tally.skip()
         else:
             todo.append(it)
@@ -278,9 +291,7 @@ def _segment(
         for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
                                       names, ids, shard):  # fmt: skip
             tally.fail(failed)
-        summary = tally.summary()
-    write_failures(cfg.out, summary.failed, shard_file_name(FAILURES_FILE, shard))
-    return summary
+        return close_with_failures(tally, cfg.out, shard_file_name(FAILURES_FILE, shard))
 
 
 def _run(
@@ -312,8 +323,8 @@ def _run(
                 try:
                     tally.advance(detections=fut.result())
                 except Exception as exc:  # one image's outputs failed; the run goes on
-                    reason = f"cannot write outputs: {display_name(str(exc))}"
-                    fail(FailedItem(done.item.path, reason))
+                    why = os_error_reason(exc) if isinstance(exc, OSError) else str(exc)
+                    fail(FailedItem(done.item.path, f"cannot write outputs: {display_name(why)}"))
 
         for batch in batched(decoded, [len(g) for g in groups], fail_todo):
             predicted = segmenter.predict_batch([d.image for d in batch])

@@ -16,8 +16,9 @@ what hurts on shared filesystems). A line is
 
     <header JSON> TAB <COCO results JSON> NEWLINE
 
-where the header holds the image's rel, settings hash, id, size, detection count and
-the CRC32 of the results, or is a tombstone `{"rel": ..., "forgotten": true}`. JSON
+where the header holds the image's rel, settings hash, id, size, detection count, the
+CRC32 of the results and the source's stamp (its size and mtime when it was read, so a
+replaced input is redone), or is a tombstone `{"rel": ..., "forgotten": true}`. JSON
 never contains a raw TAB, so the header is read without parsing the results. An index
 (rel -> where its latest line is) is built from the headers when first needed and
 updated from what was appended since (`refresh`). Segments are read in creation order
@@ -49,6 +50,8 @@ from typing import Any, BinaryIO
 
 from mrcnn_cli.atomic import atomic_path, write_text
 from mrcnn_cli.errors import FailedItem
+from mrcnn_cli.names import os_error_reason
+from mrcnn_cli.progress import RunSummary, Tally
 from mrcnn_cli.writers import safe_rel
 from mrcnn_cli.writers.coco import image_entry
 
@@ -72,6 +75,12 @@ _HEADER_TYPES = {
 }
 _MAX_OPEN_SEGMENTS = 64
 _MAX_SEGMENTS = 1 << 20  # segment and settings numbers take 20 bits of an index entry
+_STAMP_MASK = (1 << 33) - 1  # a source stamp's code takes 33 bits (0: none recorded)
+
+
+def _stamp_code(stamp: str | None) -> int:
+    """A source stamp as 33 bits of an index entry: its CRC32 with a "present" bit."""
+    return 0 if stamp is None else zlib.crc32(stamp.encode("utf-8")) | (1 << 32)
 
 
 def settings_hash(settings: object) -> str:
@@ -165,12 +174,16 @@ class _Index:
         self.hash_ids: dict[str, int] = {}
 
     @staticmethod
-    def pack(offset: int, segment: int, hash_id: int) -> int:
-        return (offset << 40) | (segment << 20) | hash_id
+    def pack(offset: int, segment: int, hash_id: int, stamp: int = 0) -> int:
+        return (offset << 73) | (stamp << 40) | (segment << 20) | hash_id
 
     @staticmethod
     def unpack(loc: int) -> tuple[int, int, int]:
-        return loc >> 40, (loc >> 20) & 0xFFFFF, loc & 0xFFFFF
+        return loc >> 73, (loc >> 20) & 0xFFFFF, loc & 0xFFFFF
+
+    @staticmethod
+    def stamp_code(loc: int) -> int:
+        return (loc >> 40) & _STAMP_MASK
 
     def hash_id(self, digest: str) -> int:
         found = self.hash_ids.get(digest)
@@ -221,7 +234,9 @@ class _Index:
         if zlib.crc32(memoryview(line)[tab + 1 : -1]) != header["crc"]:
             self.entries[rel] = _NOT_DONE
             return
-        self.entries[rel] = self.pack(offset, idx, self.hash_id(header["settings_hash"]))
+        stamp = header.get("stamp")
+        code = _stamp_code(stamp if isinstance(stamp, str) else None)
+        self.entries[rel] = self.pack(offset, idx, self.hash_id(header["settings_hash"]), code)
 
 
 class _Segment:
@@ -368,9 +383,20 @@ class Journal:
             return None
         return index.hashes[_Index.unpack(loc)[2]]
 
-    def is_done(self, rel: PurePosixPath | str, settings_hash: str) -> bool:
+    def is_done(
+        self, rel: PurePosixPath | str, settings_hash: str, stamp: str | None = None
+    ) -> bool:
+        """Recorded under `settings_hash` and, if `stamp` is given, from the same source
+        file (records written before stamps existed match any stamp)."""
         with self._lock:
-            return self._settings_of(self._key(rel)) == settings_hash
+            key = self._key(rel)
+            if self._settings_of(key) != settings_hash:
+                return False
+            if stamp is None:
+                return True
+            loc = self._loaded().entries.get(key)
+            recorded = _Index.stamp_code(loc) if loc is not None else 0
+            return recorded in (0, _stamp_code(stamp))
 
     def _find(self, rel: str, reader: _Reader, settings_hash: str | None) -> _Found | None:
         """The image's record, or None if there is none, it is stale or it cannot be read."""
@@ -474,8 +500,12 @@ class Journal:
         height: int,
         results: list[dict[str, Any]],
         settings_hash: str,
+        stamp: str | None = None,
     ) -> ImageRecord:
-        """Mark an image done; call only after every output file of it is written."""
+        """Mark an image done; call only after every output file of it is written.
+
+        `stamp` identifies the source file as it was read (`sources.source_stamp`).
+        """
         image_id = int(image_id)
         if any(r.get("image_id") != image_id for r in results):
             results = [{**r, "image_id": image_id} for r in results]
@@ -499,11 +529,14 @@ class Journal:
             "num_detections": len(results),
             "crc": zlib.crc32(body),
         }
+        if stamp is not None:
+            header["stamp"] = stamp
         line = b"".join((json.dumps(header).encode("ascii"), _TAB, body, b"\n"))
         with self._lock:
             offset, idx = self._append(line)
             if self._index is not None:
-                loc = _Index.pack(offset, idx, self._index.hash_id(settings_hash))
+                hash_id = self._index.hash_id(settings_hash)
+                loc = _Index.pack(offset, idx, hash_id, _stamp_code(stamp))
                 self._index.entries[record.rel] = loc
         return record
 
@@ -647,16 +680,30 @@ def failure_to_json(item: FailedItem) -> dict[str, str]:
 
 def write_failures(
     out_dir: Path, failures: list[FailedItem], name: str = FAILURES_FILE
-) -> Path | None:
+) -> FailedItem | None:
     """`<out_dir>/failures.jsonl`, one {"path", "reason"} per line; removed when none failed.
 
-    Returns the file written, or None. Removing a stale file keeps a clean rerun from
-    looking as if it still had failures. `name` is another file name (a shard's).
+    Removing a stale file keeps a clean rerun from looking as if it still had failures.
+    `name` is another file name (a shard's). Never raises for the file system (a full
+    disk, a read-only folder): returns that problem as one more failure instead, for
+    the run to report, or None when the file is as it should be.
     """
     path = Path(out_dir) / name
-    if not failures:
-        path.unlink(missing_ok=True)
-        return None
-    lines = (json.dumps(failure_to_json(item), ensure_ascii=False) for item in failures)
-    write_text(path, "".join(line + "\n" for line in lines))
-    return path
+    try:
+        if not failures:
+            path.unlink(missing_ok=True)
+            return None
+        lines = (json.dumps(failure_to_json(item), ensure_ascii=False) for item in failures)
+        write_text(path, "".join(line + "\n" for line in lines))
+    except OSError as exc:
+        return FailedItem(path, f"cannot write: {os_error_reason(exc)}")
+    return None
+
+
+def close_with_failures(tally: Tally, out_dir: Path, name: str = FAILURES_FILE) -> RunSummary:
+    """The run's summary, after writing its failures file; a failures file that cannot
+    be written is reported (and counted) like any other failure, never raised."""
+    problem = write_failures(out_dir, tally.failed, name)
+    if problem is not None:
+        tally.fail(problem)
+    return tally.summary()

@@ -68,6 +68,19 @@ class SourceItem:
     kind: Kind
 
 
+def source_stamp(path: Path | str) -> str | None:
+    """What resume compares to know an input is the file it recorded: size and mtime (ns).
+
+    Taken before the file is read, so a file replaced while it is processed is redone by
+    the next run rather than trusted. None if the file cannot be stat'ed.
+    """
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 @dataclass(frozen=True)
 class _Found:
     """An expanded file before de-duplication; `anchor` disambiguates a colliding `rel`."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import COCO_DIR as COCO_MINI
+from helpers import needs_coco
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
@@ -26,7 +28,6 @@ from mrcnn_cli.writers.coco import (
     write_predictions,
 )
 
-COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_val_mini"
 CLASS_NAMES = ("__background__", "person", "car")
 CATEGORY_IDS = (0, 1, 3)
 
@@ -126,6 +127,7 @@ def coco_image_as_detections(gt: COCO, image_id: int) -> Detections:
 
 
 @pytest.mark.parametrize("iou_type", ["segm", "bbox"])
+@needs_coco
 def test_real_coco_ground_truth_round_trips_to_ap_one(iou_type: str) -> None:
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(COCO_MINI / "instances.json"))
@@ -165,6 +167,7 @@ def test_basenames_shared_by_two_annotation_images_are_not_guessed(tmp_path: Pat
     assert "x.jpg" not in ids and ids["b/x.jpg"] == 2
 
 
+@needs_coco
 def test_real_coco_annotation_file_gives_real_ids() -> None:
     ids = image_ids_from_annotations(COCO_MINI / "instances.json")
     assert ids["000000000139.jpg"] == 139 and len(ids) == 50

@@ -15,11 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import COCO_DIR as COCO
+from helpers import needs_coco
 
 from mrcnn_cli.decode import DEFAULT_MAX_PIXELS, decode_image, decode_image_safe
 from mrcnn_cli.errors import DecodeError, FailedItem
-
-COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_val_mini"
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -127,6 +127,7 @@ def assert_colour(pixel: np.ndarray, expected: tuple[int, int, int], tol: int = 
 # --- images that decode ------------------------------------------------------------
 
 
+@needs_coco
 def test_real_coco_image_decodes_to_its_annotated_size():
     path, width, height = coco_image()
     img = decode_image(path)
@@ -324,6 +325,7 @@ def test_text_file_named_jpg_is_not_an_image(tmp_path):
     assert reason(path) == "not a decodable image"
 
 
+@needs_coco
 def test_coco_jpeg_cut_in_half_is_truncated(tmp_path):
     data = coco_image()[0].read_bytes()
     path = write(tmp_path, "half.jpg", data[: len(data) // 2])

@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import COCO_DIR as COCO_MINI
+from helpers import needs_coco
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
@@ -21,7 +23,6 @@ from mrcnn_cli.detections import encode_rle
 from mrcnn_cli.errors import MrcnnError
 from mrcnn_cli.evaluation.metrics import STAT_NAMES
 
-COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_val_mini"
 ANN = COCO_MINI / "instances.json"
 IMAGES = COCO_MINI / "images"
 FAST = ["--no-plots", "--gallery", "0"]
@@ -121,6 +122,7 @@ def full_run(pred_file, tmp_path_factory):
 
 # ----------------------------------------------------------------------------- numbers
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+@needs_coco
 def test_perturbed_results_give_exactly_a_direct_pycocotools_call(full_run, pred_file, iou_type):
     result, _, doc = full_run
     assert result.exit_code == 0, result.output
@@ -130,6 +132,7 @@ def test_perturbed_results_give_exactly_a_direct_pycocotools_call(full_run, pred
 
 
 @pytest.mark.parametrize("iou_type, name, cat_id", [("bbox", "person", 1), ("segm", "bottle", 44)])
+@needs_coco
 def test_per_class_ap_equals_a_direct_call_restricted_to_that_class(
     full_run, pred_file, iou_type, name, cat_id
 ):
@@ -139,6 +142,7 @@ def test_per_class_ap_equals_a_direct_call_restricted_to_that_class(
     assert (row["AP"], row["AP50"], row["AP75"]) == pytest.approx(direct[:3], abs=1e-12)
 
 
+@needs_coco
 def test_classes_option_matches_a_direct_call_with_those_category_ids(pred_file, tmp_path):
     result = mrcnn("eval", "--pred", pred_file, "--ann", ANN, "-o", tmp_path, "--iou-type",
                    "bbox", "--classes", "person,dog", "--json", *FAST)  # fmt: skip
@@ -152,6 +156,7 @@ def test_classes_option_matches_a_direct_call_with_those_category_ids(pred_file,
     assert stats_of(doc, "bbox") == expected
 
 
+@needs_coco
 def test_max_images_evaluates_the_first_n_annotated_images(gt, pred_file, tmp_path):
     result = mrcnn("eval", "--pred", pred_file, "--ann", ANN, "-o", tmp_path, "--iou-type",
                    "segm", "--max-images", "10", *FAST)  # fmt: skip
@@ -163,6 +168,7 @@ def test_max_images_evaluates_the_first_n_annotated_images(gt, pred_file, tmp_pa
 
 
 # ----------------------------------------------------------------------------- report
+@needs_coco
 def test_tables_show_the_12_numbers_for_each_type_and_the_per_class_ap(full_run):
     result, _, _ = full_run
     out = result.stdout
@@ -173,6 +179,7 @@ def test_tables_show_the_12_numbers_for_each_type_and_the_per_class_ap(full_run)
     assert "person" in out and "teddy bear" not in out  # no ground truth: no row
 
 
+@needs_coco
 def test_metrics_json_holds_every_number_and_the_context(full_run, gt):
     _, _, doc = full_run
     assert doc["iou_types"] == ["bbox", "segm"]
@@ -182,6 +189,7 @@ def test_metrics_json_holds_every_number_and_the_context(full_run, gt):
     assert sum(r["gt_instances"] for r in per_class) == 346
 
 
+@needs_coco
 def test_pr_curve_pngs_are_written_per_type(full_run):
     _, out, doc = full_run
     for iou_type in ("bbox", "segm"):
@@ -191,6 +199,7 @@ def test_pr_curve_pngs_are_written_per_type(full_run):
             assert name in doc["files"]
 
 
+@needs_coco
 def test_gallery_shows_the_worst_images_side_by_side_and_replaces_old_ones(full_run, gt):
     _, out, doc = full_run
     pictures = sorted((out / "worst").iterdir())
@@ -203,6 +212,7 @@ def test_gallery_shows_the_worst_images_side_by_side_and_replaces_old_ones(full_
         assert f"worst/{picture.name}" in doc["files"]
 
 
+@needs_coco
 def test_json_prints_the_metrics_document_instead_of_tables(pred_file, tmp_path):
     result = mrcnn("eval", "--pred", pred_file, "--ann", ANN, "-o", tmp_path, "--json",
                    "--iou-type", "bbox", *FAST)  # fmt: skip
@@ -210,6 +220,7 @@ def test_json_prints_the_metrics_document_instead_of_tables(pred_file, tmp_path)
     assert json.loads(result.stdout) == json.loads((tmp_path / "metrics.json").read_text())
 
 
+@needs_coco
 def test_quiet_prints_nothing_and_still_writes_metrics(pred_file, tmp_path):
     result = mrcnn("eval", "--pred", pred_file, "--ann", ANN, "-o", tmp_path, "--quiet",
                    "--iou-type", "bbox", *FAST)  # fmt: skip
@@ -219,6 +230,7 @@ def test_quiet_prints_nothing_and_still_writes_metrics(pred_file, tmp_path):
 
 
 # ----------------------------------------------------------------------------- user errors
+@needs_coco
 def test_missing_image_files_are_listed_the_rest_evaluated_exit_1(gt, pred_file, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -238,6 +250,7 @@ def test_missing_image_files_are_listed_the_rest_evaluated_exit_1(gt, pred_file,
     assert stats_of(doc, "bbox") == direct_stats(json.loads(pred_file.read_text()), "bbox", present)
 
 
+@needs_coco
 def test_empty_predictions_file_reports_ap_zero_not_a_crash(tmp_path):
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
@@ -250,6 +263,7 @@ def test_empty_predictions_file_reports_ap_zero_not_a_crash(tmp_path):
     assert "no predictions" in result.stderr
 
 
+@needs_coco
 def test_annotations_without_segmentation_skip_segm_with_a_message(pred_file, tmp_path):
     data = json.loads(ANN.read_text())
     for ann in data["annotations"]:
@@ -264,6 +278,7 @@ def test_annotations_without_segmentation_skip_segm_with_a_message(pred_file, tm
     assert stats_of(doc, "bbox") == direct_stats(json.loads(pred_file.read_text()), "bbox")
 
 
+@needs_coco
 def test_asking_only_for_segm_without_segmentation_is_exit_2(pred_file, tmp_path):
     data = json.loads(ANN.read_text())
     for ann in data["annotations"]:
@@ -276,6 +291,7 @@ def test_asking_only_for_segm_without_segmentation_is_exit_2(pred_file, tmp_path
     assert "cannot evaluate segm" in result.stderr
 
 
+@needs_coco
 def test_predictions_for_unknown_images_are_reported_and_ignored(pred_file, tmp_path):
     results = json.loads(pred_file.read_text())
     strays = [dict(r, image_id=123456789) for r in results[:4]]
@@ -290,6 +306,7 @@ def test_predictions_for_unknown_images_are_reported_and_ignored(pred_file, tmp_
     assert stats_of(doc, "bbox") == direct_stats(results, "bbox")
 
 
+@needs_coco
 def test_unknown_category_ids_are_reported_and_ignored(pred_file, tmp_path):
     results = json.loads(pred_file.read_text())
     strays = [dict(r, category_id=12) for r in results[:3]]  # 12: a gap in COCO's ids
@@ -303,6 +320,7 @@ def test_unknown_category_ids_are_reported_and_ignored(pred_file, tmp_path):
     assert stats_of(doc, "bbox") == direct_stats(results, "bbox")
 
 
+@needs_coco
 def test_predictions_numbered_from_another_label_set_are_exit_2(pred_file, tmp_path):
     results = [
         dict(r, category_id=200 + r["category_id"]) for r in json.loads(pred_file.read_text())
@@ -325,6 +343,7 @@ def test_predictions_numbered_from_another_label_set_are_exit_2(pred_file, tmp_p
         (["--images", "{tmp}/nowhere"], "no such folder"),
     ],
 )
+@needs_coco
 def test_usage_errors_are_one_line_and_exit_2(pred_file, tmp_path, args, message):
     args = [a.format(pred=pred_file, tmp=tmp_path) for a in args]
     result = mrcnn("eval", "--ann", ANN, "-o", tmp_path / "out", *args, *FAST)
@@ -334,6 +353,7 @@ def test_usage_errors_are_one_line_and_exit_2(pred_file, tmp_path, args, message
 
 
 # ----------------------------------------------------------------------------- model mode
+@needs_coco
 def test_roi_op_is_passed_to_the_model_loader(monkeypatch, tmp_path):
     import mrcnn_cli.segmenter as segmenter
 
@@ -354,6 +374,7 @@ def test_roi_op_is_passed_to_the_model_loader(monkeypatch, tmp_path):
     }
 
 
+@needs_coco
 def test_model_mode_equals_segment_then_eval_pred(gt, tmp_path):
     """Same model, same images: running it inside eval or via `segment --save coco`
     gives the same predictions and so the same numbers (seeded random weights: the AP is

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import COCO_DIR as COCO_MINI
+from helpers import needs_coco
 from pycocotools import mask as mask_utils
 
 from mrcnn_cli.detections import encode_rle
@@ -31,7 +33,6 @@ from mrcnn_cli.evaluation.metrics import (
 
 # COCOeval's precision is tp / (tp + fp + eps): a perfect score is 1 - 2e-16, not 1.0.
 ONE = pytest.approx(1.0, abs=1e-12)
-COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_val_mini"
 ANN = COCO_MINI / "instances.json"
 
 
@@ -93,6 +94,7 @@ def det(image_id: int, cat: int, box: list[float], score: float, **extra) -> dic
 
 # ----------------------------------------------------------------------------- ground truth
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+@needs_coco
 def test_ground_truth_as_results_scores_ap_1(gt: GroundTruth, perfect: list[dict], iou_type: str):
     checked = check_results(gt, perfect)
     result = evaluate_type(gt, checked.results, iou_type, gt.image_ids, gt.category_ids)
@@ -102,6 +104,7 @@ def test_ground_truth_as_results_scores_ap_1(gt: GroundTruth, perfect: list[dict
     assert len(scored) == 77 and all(row.ap == ONE for row in scored)
 
 
+@needs_coco
 def test_per_class_counts_non_crowd_ground_truth_and_detections(gt, perfect):
     result = evaluate_type(gt, perfect, "bbox", gt.image_ids, gt.category_ids)
     rows = {row.name: row for row in result.per_class}
@@ -111,6 +114,7 @@ def test_per_class_counts_non_crowd_ground_truth_and_detections(gt, perfect):
     assert rows["teddy bear"].gt_instances == 0 and rows["teddy bear"].ap is None
 
 
+@needs_coco
 def test_per_class_ap_is_sorted_best_first_with_unscored_classes_last(gt, perfect):
     results = [dict(r, score=0.9) for r in perfect]
     # Spoil the persons: every box shifted by half its width.
@@ -167,15 +171,18 @@ def test_missing_annotation_file_is_an_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- classes
+@needs_coco
 def test_classes_resolve_by_name_case_insensitively_and_by_id(gt):
     assert resolve_classes(gt, ["Person", "3", "dog"]) == [1, 3, 18]
 
 
+@needs_coco
 def test_unknown_class_name_suggests_close_names(gt):
     with pytest.raises(MrcnnError, match="did you mean person"):
         resolve_classes(gt, ["persn"])
 
 
+@needs_coco
 def test_class_id_not_in_annotations_is_an_error(gt):
     with pytest.raises(MrcnnError, match="category id 12"):
         resolve_classes(gt, ["12"])  # a gap in COCO's ids
@@ -294,6 +301,7 @@ def test_segm_sizes_detections_by_mask_area_even_when_a_box_is_given(tmp_path):
 
 
 # ----------------------------------------------------------------------------- empty results
+@needs_coco
 def test_empty_results_score_zero_wherever_there_is_ground_truth(gt):
     result = evaluate_type(gt, [], "segm", gt.image_ids, gt.category_ids)
     stats = result.metrics.as_dict()
@@ -311,6 +319,7 @@ def test_restricting_images_and_classes_with_no_ground_truth_gives_nan_not_zero(
 
 
 # ----------------------------------------------------------------------------- curves
+@needs_coco
 def test_mean_of_the_iou_050_curve_is_ap50(gt, perfect):
     rng = np.random.default_rng(1)
     results = [dict(r, score=float(rng.random())) for r in perfect if rng.random() > 0.3]
@@ -323,6 +332,7 @@ def test_mean_of_the_iou_050_curve_is_ap50(gt, perfect):
     assert pr_curve(ev.cocoeval, None).mean() == pytest.approx(ev.stats[0], abs=1e-12)
 
 
+@needs_coco
 def test_class_curve_is_none_for_a_class_without_ground_truth(gt, perfect):
     ev = evaluate_type(gt, perfect, "bbox", gt.image_ids, gt.category_ids).metrics.cocoeval
     assert pr_curve(ev, 0.5, category_id=88) is None  # teddy bear: none in the set

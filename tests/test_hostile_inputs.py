@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import COCO_IMAGES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -42,7 +43,6 @@ from mrcnn_cli.errors import DecodeError, FailedItem
 from mrcnn_cli.names import display_name
 from mrcnn_cli.sources import collect_sources, max_input_name_bytes
 
-COCO_IMAGES = Path(__file__).resolve().parents[1].parent / "shared/data/coco_val_mini/images"
 ROOT = os.geteuid() == 0
 NAME_LIMIT = max_input_name_bytes()
 
@@ -614,10 +614,10 @@ def test_the_model_crashes_beyond_the_aspect_limit_and_runs_within_it(tmp_path, 
 
 
 def _seed_files() -> dict[str, bytes]:
-    coco = sorted(COCO_IMAGES.glob("*.jpg"))[0].read_bytes()
+    real = sorted(COCO_IMAGES.glob("*.jpg"))  # a camera JPEG (EXIF, markers) when present
     small = noise(16, 16)
     return {
-        "jpeg": coco,
+        "jpeg": real[0].read_bytes() if real else encode(".jpg", noise(64, 64)),
         "png": encode(".png", small),
         "tiff": encode(".tif", small),
         "webp": encode(".webp", small),

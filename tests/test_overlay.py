@@ -13,6 +13,8 @@ from mrcnn_cli.writers.overlay import (
     OverlayStyle,
     annotate,
     class_color,
+    label_strip_size,
+    label_text,
     overlay_path,
     place_labels,
     write_overlay,
@@ -49,9 +51,19 @@ def test_mask_pixels_are_blended_with_the_class_colour() -> None:
     np.testing.assert_allclose(out[35, 25], expected, atol=1)
 
 
-def test_pixels_away_from_every_instance_are_unchanged() -> None:
-    out = annotate(gray(60, 80), one_det(60, 80, (10, 20, 40, 50)))
-    assert (out[:, 60:] == 100).all()
+def test_pixels_away_from_every_instance_and_its_label_are_unchanged() -> None:
+    # Where the label strip goes depends on the font's metrics, so the test asks the
+    # overlay's own layout for it instead of assuming a text width.
+    style = OverlayStyle(line_width=2, font_scale=0.4)
+    box = (10, 20, 40, 50)
+    out = annotate(gray(60, 80), one_det(60, 80, box), style)
+    size = label_strip_size(label_text("person", 0.93), 0.4, max(1, round(0.4 * 1.5)))
+    ((left, top, w, h),) = place_labels([box], [size], 60, 80)
+    drawn = np.zeros((60, 80), bool)
+    drawn[box[1] - 2 : box[3] + 3, box[0] - 2 : box[2] + 3] = True  # box and its outline
+    drawn[top : top + h, left : left + w] = True
+    assert (out[~drawn] == 100).all()
+    assert not (out[drawn] == 100).all()
 
 
 def test_a_class_gets_the_same_colour_in_every_image() -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import COCO_IMAGES, invoke_cli, json_summary
+from helpers import COCO_IMAGES, invoke_cli, json_summary, needs_coco
 
 from mrcnn_cli.config import ModelConfig, SegmentConfig
 from mrcnn_cli.errors import MrcnnError
@@ -115,6 +115,7 @@ def ray_run(ray_local, tiny_checkpoint, bad_file, tmp_path_factory):
 
 
 @pytest.mark.slow
+@needs_coco
 def test_ray_writes_what_the_local_engine_writes(local_run, ray_run):
     out, result = ray_run
     assert result.exit_code == 1, result.output  # the bad file
@@ -129,6 +130,7 @@ def test_ray_writes_what_the_local_engine_writes(local_run, ray_run):
 
 
 @pytest.mark.slow
+@needs_coco
 def test_ray_reports_a_bad_file_like_the_local_engine(ray_run, bad_file):
     _, result = ray_run
     summary = json_summary(result)
@@ -139,6 +141,7 @@ def test_ray_reports_a_bad_file_like_the_local_engine(ray_run, bad_file):
 
 
 @pytest.mark.slow
+@needs_coco
 def test_a_ray_rerun_resumes(ray_run, tiny_checkpoint, bad_file, tmp_path):
     out, _ = ray_run
     before = output_files(out)
@@ -151,6 +154,7 @@ def test_a_ray_rerun_resumes(ray_run, tiny_checkpoint, bad_file, tmp_path):
 
 
 @pytest.mark.slow
+@needs_coco
 def test_images_with_zero_and_many_masks_share_a_ray_batch(
     ray_local, tiny_checkpoint, tmp_path, one_torch_thread
 ):
@@ -201,6 +205,7 @@ def test_an_output_folder_a_worker_cannot_write_is_one_line(ray_local, tmp_path)
 
 
 @pytest.mark.slow
+@needs_coco
 def test_a_model_that_cannot_load_on_the_workers_is_one_line(ray_local, tmp_path):
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(b"not a checkpoint")

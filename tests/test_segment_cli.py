@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import COCO_IMAGES, invoke_cli, json_summary
+from helpers import COCO_IMAGES, invoke_cli, json_summary, needs_coco
 
 import mrcnn_cli
 from mrcnn_cli import engine
@@ -89,6 +89,7 @@ def test_python_m_mrcnn_cli_help_lists_the_commands():
     assert "segment" in done.stdout and "train" in done.stdout and "eval" in done.stdout
 
 
+@needs_coco
 def test_json_prints_a_json_summary_on_stdout(run_cli, tiny_checkpoint, tmp_path):
     result = run_cli(segment_args(tiny_checkpoint, tmp_path / "out", IMAGE_A, extra=["--json"]))
     assert result.exit_code == 0, result.output
@@ -99,6 +100,7 @@ def test_json_prints_a_json_summary_on_stdout(run_cli, tiny_checkpoint, tmp_path
     assert "mrcnn summary" not in result.stderr
 
 
+@needs_coco
 def test_quiet_prints_no_table_and_nothing_on_stdout(run_cli, tiny_checkpoint, tmp_path):
     result = run_cli(segment_args(tiny_checkpoint, tmp_path / "out", IMAGE_A, extra=["--quiet"]))
     assert result.exit_code == 0, result.output
@@ -172,6 +174,7 @@ def bad_inputs_run(tmp_path_factory, tiny_checkpoint):
 
 
 @pytest.mark.parametrize("name", list(BAD_REASONS))
+@needs_coco
 def test_each_bad_input_is_reported_on_one_line_with_its_reason(bad_inputs_run, name):
     result, _, _ = bad_inputs_run
     lines = [line for line in nonempty_lines(result.stderr) if name in line]
@@ -180,6 +183,7 @@ def test_each_bad_input_is_reported_on_one_line_with_its_reason(bad_inputs_run, 
     assert BAD_REASONS[name] in lines[0]
 
 
+@needs_coco
 def test_good_images_are_processed_despite_the_bad_ones(bad_inputs_run):
     result, out, _ = bad_inputs_run
     summary = json_summary(result)
@@ -190,6 +194,7 @@ def test_good_images_are_processed_despite_the_bad_ones(bad_inputs_run):
     assert (out / "overlays" / f"{IMAGE_A.stem}.jpg").is_file()
 
 
+@needs_coco
 def test_summary_lists_every_failure(bad_inputs_run):
     result, _, bad = bad_inputs_run
     failures = json_summary(result)["failures"]
@@ -197,6 +202,7 @@ def test_summary_lists_every_failure(bad_inputs_run):
     assert all(BAD_REASONS[Path(f["path"]).name] in f["reason"] for f in failures)
 
 
+@needs_coco
 def test_failures_jsonl_has_one_line_per_failure(bad_inputs_run):
     _, out, bad = bad_inputs_run
     lines = (out / "failures.jsonl").read_text().splitlines()
@@ -205,12 +211,14 @@ def test_failures_jsonl_has_one_line_per_failure(bad_inputs_run):
     assert all(BAD_REASONS[Path(r["path"]).name] in r["reason"] for r in records)
 
 
+@needs_coco
 def test_some_failed_files_give_exit_code_1_without_a_traceback(bad_inputs_run):
     result, _, _ = bad_inputs_run
     assert result.exit_code == 1
     assert "Traceback" not in result.output
 
 
+@needs_coco
 def test_a_clean_rerun_removes_the_old_failures_file(run_cli, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     assert run_cli(segment_args(tiny_checkpoint, out, IMAGE_A, tmp_path / "no.jpg")).exit_code == 1
@@ -256,6 +264,7 @@ def odd_formats_run(tmp_path_factory, tiny_checkpoint):
     return invoke_cli(args), out
 
 
+@needs_coco
 def test_grayscale_rgba_16bit_and_exif_rotated_images_are_processed(odd_formats_run):
     result, _ = odd_formats_run
     assert result.exit_code == 0, result.output
@@ -264,6 +273,7 @@ def test_grayscale_rgba_16bit_and_exif_rotated_images_are_processed(odd_formats_
 
 
 @pytest.mark.parametrize("name", list(ODD_FORMATS))
+@needs_coco
 def test_outputs_have_the_size_of_the_decoded_image(odd_formats_run, name):
     _, out = odd_formats_run
     height, width = ODD_FORMATS[name]
@@ -361,6 +371,7 @@ def copy_of(out: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(out, tmp_path / "out"))
 
 
+@needs_coco
 def test_interrupted_run_resumed_writes_what_an_uninterrupted_run_writes(
     run_cli, tiny_checkpoint, clean_run, tmp_path, monkeypatch
 ):
@@ -393,6 +404,7 @@ def test_interrupted_run_resumed_writes_what_an_uninterrupted_run_writes(
     assert output_files(out) == output_files(clean_run)
 
 
+@needs_coco
 def test_rerun_skips_images_already_done_and_rewrites_the_same_json(
     run_cli, tiny_checkpoint, clean_run, tmp_path
 ):
@@ -405,6 +417,7 @@ def test_rerun_skips_images_already_done_and_rewrites_the_same_json(
     assert output_files(out) == output_files(clean_run)
 
 
+@needs_coco
 def test_overwrite_redoes_every_image(run_cli, tiny_checkpoint, clean_run, tmp_path):
     out = copy_of(clean_run, tmp_path)
     extra = [*RESUME_EXTRA, "--overwrite"]
@@ -415,6 +428,7 @@ def test_overwrite_redoes_every_image(run_cli, tiny_checkpoint, clean_run, tmp_p
     assert output_files(out) == output_files(clean_run)
 
 
+@needs_coco
 def test_changing_the_score_threshold_redoes_every_image(
     run_cli, tiny_checkpoint, clean_run, tmp_path
 ):
@@ -449,6 +463,7 @@ def drawn_labels(monkeypatch) -> list[str]:
     return names
 
 
+@needs_coco
 def test_a_checkpoints_class_names_reach_the_json_masks_and_overlay(
     run_cli, tiny_checkpoint, tmp_path, drawn_labels
 ):
@@ -465,6 +480,7 @@ def test_a_checkpoints_class_names_reach_the_json_masks_and_overlay(
     assert sorted(drawn_labels) == sorted(expected)
 
 
+@needs_coco
 def test_classes_option_keeps_only_that_class(run_cli, tiny_checkpoint, tmp_path, drawn_labels):
     out = tmp_path / "out"
     extra = ["--classes", "circle", "--max-det", "30"]
@@ -475,6 +491,7 @@ def test_classes_option_keeps_only_that_class(run_cli, tiny_checkpoint, tmp_path
     assert set(drawn_labels) == {"circle"}
 
 
+@needs_coco
 def test_classes_option_takes_category_ids_too(run_cli, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     extra = ["--classes", "3", "--max-det", "30"]

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import COCO_ANN, COCO_IMAGES, invoke_cli
+from helpers import COCO_ANN, COCO_IMAGES, invoke_cli, needs_coco
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -198,6 +198,7 @@ def paint_by_score(masks) -> np.ndarray:
 # --- parity ------------------------------------------------------------------------
 
 
+@needs_coco
 def test_random_weights_give_full_sets_of_overlapping_detections(case):
     """Guards the comparisons below against passing on empty output."""
     for ref in case.references:
@@ -207,6 +208,7 @@ def test_random_weights_give_full_sets_of_overlapping_detections(case):
         assert np.all(np.diff(ref.scores) <= 0), "torchvision returns detections by score"
 
 
+@needs_coco
 def test_written_labels_and_scores_equal_torchvision(case):
     for ref, entries in zip(case.references, written_predictions(case), strict=True):
         assert [e["category_id"] for e in entries] == ref.labels.tolist()
@@ -214,6 +216,7 @@ def test_written_labels_and_scores_equal_torchvision(case):
         np.testing.assert_allclose(scores, ref.scores, rtol=0, atol=1e-5)
 
 
+@needs_coco
 def test_written_boxes_equal_torchvision_boxes_as_xywh(case):
     for ref, entries in zip(case.references, written_predictions(case), strict=True):
         x0, y0, x1, y1 = ref.boxes.astype(np.float64).T
@@ -222,6 +225,7 @@ def test_written_boxes_equal_torchvision_boxes_as_xywh(case):
         np.testing.assert_allclose(written, expected, rtol=0, atol=1e-2)
 
 
+@needs_coco
 def test_written_rle_masks_equal_torchvision_masks_exactly(case):
     for ref, entries in zip(case.references, written_predictions(case), strict=True):
         assert len(entries) == len(ref.masks)
@@ -231,11 +235,13 @@ def test_written_rle_masks_equal_torchvision_masks_exactly(case):
             assert np.array_equal(decoded, expected), f"mask {k} differs"
 
 
+@needs_coco
 def test_instance_png_is_torchvision_masks_with_higher_scores_on_top(case):
     for image, ref in zip(case.images, case.references, strict=True):
         np.testing.assert_array_equal(read_instance_png(case, image), paint_by_score(ref.masks))
 
 
+@needs_coco
 def test_batched_torchvision_output_is_not_the_single_image_output(v1_batch1, v1_batch2):
     """Why batched runs need a batched reference: B is padded to A's width in the batch."""
     single, batched = v1_batch1.references[0], v1_batch2.references[1]
@@ -245,12 +251,14 @@ def test_batched_torchvision_output_is_not_the_single_image_output(v1_batch1, v1
 # --- the files themselves ----------------------------------------------------------
 
 
+@needs_coco
 def test_instance_png_decodes_to_exactly_the_instances_in_the_json(case):
     for image, entries in zip(case.images, written_predictions(case), strict=True):
         expected = paint_by_score(decode_rle(e) for e in entries)
         np.testing.assert_array_equal(read_instance_png(case, image), expected)
 
 
+@needs_coco
 def test_overlays_have_the_input_size(case):
     for image in case.images:
         overlay = cv2.imread(str(case.out / "overlays" / f"{image.stem}.jpg"))
@@ -258,18 +266,21 @@ def test_overlays_have_the_input_size(case):
         assert overlay.shape == read_rgb(image).shape
 
 
+@needs_coco
 def test_images_json_records_each_input_with_its_size(case):
     for image, entry in zip(case.images, written_images(case), strict=True):
         height, width = read_rgb(image).shape[:2]
         assert (entry["width"], entry["height"]) == (width, height)
 
 
+@needs_coco
 def test_json_summary_counts_images_and_detections(case):
     assert case.summary["processed"] == len(case.images)
     assert case.summary["failed"] == 0 and case.summary["skipped"] == 0
     assert case.summary["detections"] == MAX_DET * len(case.images)
 
 
+@needs_coco
 def test_image_ids_come_from_the_annotation_file(v1_batch2):
     annotations = json.loads(COCO_ANN.read_text())
     ids = {im["file_name"]: im["id"] for im in annotations["images"]}
@@ -280,6 +291,7 @@ def test_image_ids_come_from_the_annotation_file(v1_batch2):
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+@needs_coco
 def test_predictions_pass_coco_loadres_and_cocoeval(v1_batch2, iou_type):
     gt = COCO(str(COCO_ANN))
     predictions = json.loads((v1_batch2.out / "predictions.json").read_text())

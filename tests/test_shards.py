@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 import pytest
-from helpers import COCO_IMAGES, invoke_cli, json_summary
+from helpers import COCO_IMAGES, invoke_cli, json_summary, needs_coco
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -82,6 +82,7 @@ def test_shard_file_names_carry_the_shard():
 
 
 @pytest.mark.parametrize("spec", ["3/3", "x"])
+@needs_coco
 def test_a_bad_shard_option_is_a_one_line_usage_error(tiny_checkpoint, tmp_path, spec):
     result = invoke_cli(segment_args(tiny_checkpoint, tmp_path, IMAGES[0], extra=["--shard", spec]))
     assert result.exit_code == 2
@@ -89,6 +90,7 @@ def test_a_bad_shard_option_is_a_one_line_usage_error(tiny_checkpoint, tmp_path,
     assert "K in 0..N-1" in result.stderr
 
 
+@needs_coco
 def test_shard_and_engine_ray_do_not_mix(tiny_checkpoint, tmp_path):
     extra = ["--shard", "0/2", "--engine", "ray"]
     result = invoke_cli(segment_args(tiny_checkpoint, tmp_path, IMAGES[0], extra=extra))
@@ -132,6 +134,7 @@ def shards(tiny_checkpoint, inputs, tmp_path_factory) -> list[Path]:
     return outs
 
 
+@needs_coco
 def test_each_shard_processes_a_disjoint_part_and_together_all(shards):
     seen: list[str] = []
     for k, out in enumerate(shards):
@@ -156,6 +159,7 @@ def merge(*folders, out: Path, extra=()):
     return invoke_cli(["merge", *folders, "--out", out, "--json", *extra])
 
 
+@needs_coco
 def test_merged_shards_equal_one_unsharded_run(shards, unsharded, bad_file, tmp_path):
     result = merge(*shards, out=tmp_path / "merged")
     assert result.exit_code == 1, result.output  # the bad file failed (in every shard)
@@ -202,6 +206,7 @@ def test_the_same_shard_twice_is_refused(shards, tmp_path):
     assert result.exit_code == 2 and "two folders" in result.stderr
 
 
+@needs_coco
 def test_a_shard_with_images_not_done_is_reported(shards, tmp_path):
     unfinished = Path(shutil.copytree(shards[2], tmp_path / "s2"))
     manifest = json.loads(next((unfinished / ".mrcnn" / "shards").iterdir()).read_text())

@@ -18,14 +18,13 @@ import av
 import cv2
 import numpy as np
 import pytest
-from helpers import invoke_cli
+from helpers import VIDEOS, invoke_cli, needs_videos
 
 from mrcnn_cli import video
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.video import DecodeReport, Frame, FrameWindow, decode_frames, predict_frames
 from mrcnn_cli.writers.masks import read_id_map
 
-VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"
 PETS = VIDEOS / "vtest_pets2009_people_15s.mp4"  # 150 frames, 10 fps, 480x360
 INTEL = VIDEOS / "intel_person_bicycle_car_10s.mp4"  # 126 frames, 12 fps, 768x432
 
@@ -140,6 +139,7 @@ def leftovers(folder: Path) -> list[str]:
 # --- output video ------------------------------------------------------------------
 
 
+@needs_videos
 def test_output_has_one_frame_per_input_frame_at_the_inputs_size_and_rate(pets_run):
     out, _ = pets_run
     facts = read_facts(out / "vtest_pets2009_people_15s.mp4")
@@ -148,6 +148,7 @@ def test_output_has_one_frame_per_input_frame_at_the_inputs_size_and_rate(pets_r
     assert leftovers(out) == []
 
 
+@needs_videos
 def test_stride_keeps_every_frame_and_frames_between_reuse_the_keyed_result(
     run_cli, lite, tmp_path
 ):
@@ -169,6 +170,7 @@ def test_stride_keeps_every_frame_and_frames_between_reuse_the_keyed_result(
 
 
 @pytest.mark.slow
+@needs_videos
 def test_start_and_end_select_the_frames_between_them(run_cli, lite, tmp_path):
     args = ["--start", "1.0", "--end", "1.3", "--save", "video,coco"]
     result = run_cli(["video", PETS, "--out", tmp_path, *args, *lite])
@@ -178,6 +180,7 @@ def test_start_and_end_select_the_frames_between_them(run_cli, lite, tmp_path):
     assert read_facts(tmp_path / "vtest_pets2009_people_15s.mp4").frames == 3
 
 
+@needs_videos
 def test_summary_counts_frames(pets_run):
     _, summary = pets_run
     assert (summary["unit"], summary["total"], summary["processed"]) == ("frames", 3, 3)
@@ -188,6 +191,7 @@ def test_summary_counts_frames(pets_run):
 
 
 @pytest.mark.slow
+@needs_videos
 def test_frames_and_results_equal_segment_on_the_same_frames_as_png(
     run_cli, lite, tmp_path, pets_run
 ):
@@ -220,6 +224,7 @@ def test_frames_and_results_equal_segment_on_the_same_frames_as_png(
         assert v["segmentation"] == s["segmentation"]
 
 
+@needs_videos
 def test_masks_are_one_instance_id_png_per_frame(pets_run):
     out, _ = pets_run
     folder = out / "masks" / "vtest_pets2009_people_15s"
@@ -300,6 +305,7 @@ def failure_reasons(out: Path) -> dict[str, str]:
     return {Path(e["path"]).name: e["reason"] for e in map(json.loads, lines)}
 
 
+@needs_videos
 def test_a_truncated_file_keeps_the_frames_that_decode_and_reports_the_rest(
     run_cli, lite, tmp_path
 ):

@@ -193,16 +193,20 @@ RoiOpOpt = Annotated[
         "checkpoint's training setting, else align).",
     ),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress bar or summary table (failures still print)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one line.")]
 
 
 def progress_for(quiet: bool):
-    """The rich progress bar for a run on stderr (none and no failure lines under --quiet)."""
+    """The rich progress bar for a run on stderr. `--quiet` drops the bar (and the
+    summary table), never the failure lines: a script's log must still say what failed."""
     from mrcnn_cli.commands._progress import RichProgress
 
-    return RichProgress(enabled=not quiet, quiet=quiet, console=err_console)
+    return RichProgress(enabled=not quiet, console=err_console)
 
 
 def finish_run(summary, quiet: bool, json_out: bool) -> None:

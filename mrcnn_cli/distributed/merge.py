@@ -100,7 +100,9 @@ def merge_shards(folders: Sequence[Path], out: Path, move: bool = False) -> Merg
     if others and manifest.class_names:
         failed += write_run_files(out, others, journal, rels, settings, ids,
                                   manifest.class_names, manifest.category_ids)  # fmt: skip
-    write_failures(out, failed)
+    problem = write_failures(out, failed)
+    if problem is not None:
+        failed.append(problem)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -49,12 +49,12 @@ from mrcnn_cli.engine import (
 )
 from mrcnn_cli.errors import FailedItem, MrcnnError
 from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
-from mrcnn_cli.journal import STATE_DIR, Journal, settings_hash, write_failures
+from mrcnn_cli.journal import STATE_DIR, Journal, close_with_failures, settings_hash
 from mrcnn_cli.models.loading import is_model_path, meta_and_state
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
 from mrcnn_cli.runs import locked_inputs
 from mrcnn_cli.segmenter import ImageError, Segmenter
-from mrcnn_cli.sources import SourceItem
+from mrcnn_cli.sources import SourceItem, source_stamp
 from mrcnn_cli.writers.coco import assign_image_ids
 from mrcnn_cli.writers.run_files import NAMED_CLASS_KINDS, write_run_files
 
@@ -234,9 +234,7 @@ def _drive(
         for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
                                       names, ids):  # fmt: skip
             tally.fail(failed)
-        summary = tally.summary()
-    write_failures(cfg.out, summary.failed)
-    return summary
+        return close_with_failures(tally, cfg.out)
 
 
 def _class_tables(cfg: SegmentConfig) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -368,8 +366,9 @@ def check_out_from_workers(ray: Any, out: Path) -> None:
 # --- the workers ---------------------------------------------------------------------
 def decode_row(row: dict[str, Any], max_pixels: int) -> dict[str, Any]:
     """Decode a model batch's images: raw RGB bytes + [h, w], or the reason it failed."""
-    pixels, shapes, errors = [], [], []
+    pixels, shapes, errors, stamps = [], [], [], []
     for path in row["paths"]:
+        stamps.append(source_stamp(path))  # before reading, as decode_item does
         result = decode_image_safe(path, max_pixels)
         if isinstance(result, FailedItem):
             pixels.append(b"")
@@ -379,7 +378,7 @@ def decode_row(row: dict[str, Any], max_pixels: int) -> dict[str, Any]:
             pixels.append(np.ascontiguousarray(result).tobytes())
             shapes.append([int(result.shape[0]), int(result.shape[1])])
             errors.append("")
-    return {**row, "pixels": pixels, "shapes": shapes, "errors": errors}
+    return {**row, "pixels": pixels, "shapes": shapes, "errors": errors, "stamps": stamps}
 
 
 class SegmentWorker:
@@ -429,7 +428,7 @@ class SegmentWorker:
             h, w = row["shapes"][i]
             image = np.frombuffer(row["pixels"][i], np.uint8).reshape(h, w, 3)
             item = SourceItem(Path(row["shown"][i]), PurePosixPath(rel), "image")
-            batch.append((i, Decoded(item, image)))
+            batch.append((i, Decoded(item, image, row["stamps"][i])))
         predicted = self.segmenter.predict_batch([d.image for _, d in batch]) if batch else []
         writes: list[tuple[str, Future]] = []
         for (i, decoded), dets in zip(batch, predicted, strict=True):

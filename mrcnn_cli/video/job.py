@@ -17,7 +17,7 @@ from mrcnn_cli.atomic import atomic_path
 from mrcnn_cli.background import BackgroundWriter
 from mrcnn_cli.config import VideoConfig
 from mrcnn_cli.errors import DecodeError, FailedItem
-from mrcnn_cli.journal import Journal, settings_hash, write_failures
+from mrcnn_cli.journal import Journal, close_with_failures, settings_hash
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
 from mrcnn_cli.runs import model_fingerprint, prepared_run
 from mrcnn_cli.segmenter import SegmentationError, Segmenter
@@ -179,7 +179,6 @@ def run_videos(
         summary = _run_videos(cfg, run.items, run.failures, run.segmenter, run.batch_size, progress)
         # The bar's total was an estimate from the headers; the summary counts what happened.
         summary = replace(summary, total=summary.processed + summary.skipped + len(summary.failed))
-        write_failures(cfg.out, summary.failed)
     return summary
 
 
@@ -215,4 +214,4 @@ def _run_videos(
                 tally.skip(info.expected_frames(window))
             if outcome.failure is not None:
                 tally.fail(outcome.failure)
-        return tally.summary()
+        return close_with_failures(tally, cfg.out)
