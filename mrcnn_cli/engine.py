@@ -188,9 +188,7 @@ def outputs_exist(cfg: SegmentConfig, rel: PurePosixPath, detections: int) -> bo
     return all(f.is_file() for f in files) and all(d.is_dir() for d in folders)
 
 
-def is_done(
-    cfg: SegmentConfig, journal: Journal, item: SourceItem, digest: str
-) -> bool:
+def is_done(cfg: SegmentConfig, journal: Journal, item: SourceItem, digest: str) -> bool:
     """Recorded under the current settings from the same source file (size and mtime),
     and its output files not deleted since."""
     rel = item.rel

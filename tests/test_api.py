@@ -215,7 +215,7 @@ def test_a_built_wheel_runs_the_demo_model_from_another_folder(tmp_path, example
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
                     str(root)], check=True, cwd=tmp_path)  # fmt: skip
-    wheel = next(wheels.glob("mrcnn-*.whl"))
+    wheel = next(wheels.glob("mrcnn_cli-*.whl"))
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

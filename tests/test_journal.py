@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.errors import FailedItem
-from mrcnn_cli.journal import Journal, settings_hash, write_failures
+from mrcnn_cli.journal import FAILURES_FILE, Journal, settings_hash, write_failures
 from mrcnn_cli.writers.coco import write_images_file, write_predictions
 
 HASH = "settings-a"
@@ -72,6 +72,31 @@ def test_a_record_made_under_other_settings_is_not_done(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     record(journal, 0, settings="settings-old")
     assert not journal.is_done("a.jpg", HASH)
+
+
+def stamped(journal: Journal, stamp: str | None) -> None:
+    journal.record("a.jpg", source="/in/a.jpg", image_id=1, width=11, height=9,
+                   results=[], settings_hash=HASH, stamp=stamp)  # fmt: skip
+
+
+def test_a_record_of_another_source_file_is_not_done(tmp_path: Path) -> None:
+    stamped(Journal(tmp_path), "1000:1700000000000000000")
+    journal = Journal(tmp_path)  # read back from disk, as a rerun does
+    assert journal.is_done("a.jpg", HASH, "1000:1700000000000000000")
+    assert not journal.is_done("a.jpg", HASH, "1000:1700000000000000001")
+    assert not journal.is_done("a.jpg", HASH, "1001:1700000000000000000")
+
+
+def test_the_stamp_is_checked_in_the_same_process_too(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.is_done("x.jpg", HASH)  # the index is loaded before the record is made
+    stamped(journal, "5:6")
+    assert journal.is_done("a.jpg", HASH, "5:6") and not journal.is_done("a.jpg", HASH, "5:7")
+
+
+def test_a_record_without_a_stamp_matches_any_source(tmp_path: Path) -> None:
+    stamped(Journal(tmp_path), None)  # written before stamps existed
+    assert Journal(tmp_path).is_done("a.jpg", HASH, "5:6")
 
 
 def test_records_are_appended_to_one_segment_file_per_process(tmp_path: Path) -> None:
@@ -300,18 +325,25 @@ def test_clear_drops_every_record(tmp_path: Path) -> None:
 
 def test_failures_are_written_one_json_object_per_line(tmp_path: Path) -> None:
     failures = [FailedItem(Path("/in/bad.jpg"), "cannot decode"), FailedItem("x.png", "empty")]
-    path = write_failures(tmp_path, failures)
-    lines = path.read_text().splitlines()
+    assert write_failures(tmp_path, failures) is None  # nothing went wrong writing it
+    lines = (tmp_path / FAILURES_FILE).read_text().splitlines()
     assert [json.loads(line) for line in lines] == [
         {"path": "/in/bad.jpg", "reason": "cannot decode"},
         {"path": "x.png", "reason": "empty"},
     ]
 
 
+def test_a_failures_file_that_cannot_be_written_is_returned_as_a_failure(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the folder should be")
+    problem = write_failures(tmp_path / "taken", [FailedItem("x.png", "empty")])
+    assert problem is not None and problem.path == tmp_path / "taken" / FAILURES_FILE
+    assert problem.reason.startswith("cannot write: ")
+
+
 def test_a_run_without_failures_removes_a_stale_failures_file(tmp_path: Path) -> None:
     write_failures(tmp_path, [FailedItem("x.png", "empty")])
     assert write_failures(tmp_path, []) is None
-    assert not (tmp_path / "failures.jsonl").exists()
+    assert not (tmp_path / FAILURES_FILE).exists()
 
 
 # --- streaming assembly ------------------------------------------------------------

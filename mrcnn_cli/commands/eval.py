@@ -131,8 +131,7 @@ def eval_command(
         typer.echo(json.dumps(outcome.document, indent=2))
     elif not quiet:
         _print_report(outcome)
-    if not quiet:
-        _print_problems(outcome)
+    _print_problems(outcome, quiet)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -147,8 +146,14 @@ def _print_report(outcome) -> None:
         console.print(per_class_table(outcome.results))
 
 
-def _print_problems(outcome) -> None:
-    """Skipped types, dropped detections and missing images on stderr (stdout: the data)."""
+def _print_problems(outcome, quiet: bool) -> None:
+    """Skipped types, dropped detections and missing images on stderr (stdout: the data);
+    under --quiet only what failed (missing images, files that could not be written)."""
+    for item in outcome.unwritten + (outcome.missing if quiet else []):
+        line = f"[red]failed[/] {escape(item.display_path)}: {escape(item.display_reason)}"
+        err_console.print(line, highlight=False, soft_wrap=True)
+    if quiet:
+        return
     for iou_type, reason in outcome.skipped.items():
         err_console.print(
             f"[yellow]{iou_type} skipped:[/] {escape(reason)}", highlight=False, soft_wrap=True
@@ -171,6 +176,8 @@ def _print_problems(outcome) -> None:
             )
         if n > _SHOWN_MISSING:
             err_console.print(f"  ... and {n - _SHOWN_MISSING} more (all in metrics.json)")
+    if outcome.unwritten:
+        return
     err_console.print(f"wrote {escape(str(outcome.metrics_path))}"
                       + (f" and {len(outcome.files)} image(s)" if outcome.files else ""),
                       highlight=False, soft_wrap=True)  # fmt: skip

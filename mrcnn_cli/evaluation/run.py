@@ -26,6 +26,7 @@ from mrcnn_cli.evaluation.coco_io import (
 )
 from mrcnn_cli.evaluation.metrics import TypeResult, evaluate_type, image_scores, worst_images
 from mrcnn_cli.evaluation.report import plot_pr_curves, primary_type, type_to_dict
+from mrcnn_cli.names import os_error_reason
 from mrcnn_cli.progress import ProgressListener
 from mrcnn_cli.writers.run_files import PREDICTIONS_FILE
 
@@ -47,10 +48,11 @@ class EvalOutcome:
     document: dict[str, Any]
     metrics_path: Path
     files: list[Path] = field(default_factory=list)
+    unwritten: list[FailedItem] = field(default_factory=list)  # a full disk, say
 
     @property
     def exit_code(self) -> int:
-        return EXIT_SOME_FAILED if self.missing else EXIT_OK
+        return EXIT_SOME_FAILED if self.missing or self.unwritten else EXIT_OK
 
 
 # ----------------------------------------------------------------------------- images
@@ -171,9 +173,14 @@ def run_eval(
                if t in types}  # fmt: skip
 
     files: list[Path] = []
+    unwritten: list[FailedItem] = []
     if cfg.plots:
         for result in results.values():
-            files += plot_pr_curves(result, cfg.out, cfg.top_classes)
+            try:
+                files += plot_pr_curves(result, cfg.out, cfg.top_classes)
+            except OSError as exc:
+                where = cfg.out / f"pr_{result.iou_type}.png"
+                unwritten.append(FailedItem(where, f"cannot write: {os_error_reason(exc)}"))
     gallery: list[Path] = []
     if cfg.gallery > 0:
         if cfg.images is None:
@@ -188,8 +195,13 @@ def run_eval(
         files, time.perf_counter() - started,
     )  # fmt: skip
     metrics_path = cfg.out / METRICS_FILE
-    write_json(metrics_path, document, indent=2)
-    return EvalOutcome(gt, results, skipped, notes, missing, document, metrics_path, files)
+    try:
+        write_json(metrics_path, document, indent=2)
+    except OSError as exc:
+        unwritten.append(FailedItem(metrics_path, f"cannot write: {os_error_reason(exc)}"))
+    return EvalOutcome(
+        gt, results, skipped, notes, missing, document, metrics_path, files, unwritten
+    )
 
 
 def _gallery(
