@@ -35,6 +35,8 @@ _EXPORTS = {
     "ProgressListener": "mrcnn_cli.progress",
     "FailedItem": "mrcnn_cli.errors",
     "MrcnnError": "mrcnn_cli.errors",
+    "Tracker": "mrcnn_cli.tracking",
+    "TrackSettings": "mrcnn_cli.config",
 }
 __all__ = [
     "Detections",
@@ -48,6 +50,8 @@ __all__ = [
     "SegmentConfig",
     "SegmentationError",
     "Segmenter",
+    "TrackSettings",
+    "Tracker",
     "VideoConfig",
     "__version__",
     "annotate",
@@ -63,12 +67,14 @@ if TYPE_CHECKING:
         ModelConfig,
         OverlayStyle,
         SegmentConfig,
+        TrackSettings,
         VideoConfig,
     )
     from mrcnn_cli.detections import Detections
     from mrcnn_cli.errors import FailedItem, MrcnnError
     from mrcnn_cli.progress import ProgressListener, RunSummary
     from mrcnn_cli.segmenter import SegmentationError, Segmenter
+    from mrcnn_cli.tracking import Tracker
     from mrcnn_cli.writers.overlay import annotate
 
 

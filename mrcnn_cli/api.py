@@ -81,9 +81,13 @@ def segment_video(
     """Segment every frame of videos into annotated MP4s (and masks, COCO) under `out`.
 
     >>> segment_video("clip.mp4", "results", stride=2, save=("video", "coco")).processed
+    >>> segment_video("clip.mp4", "results", track=True, save=("video", "mot")).tracks
     """
+    from mrcnn_cli.config import TrackSettings
     from mrcnn_cli.video.job import run_videos
 
+    if options.get("track") is True:  # track=True: ByteTrack with the default settings
+        options["track"] = TrackSettings()
     model, job = _split_options(options, VideoConfig)
     return run_videos(VideoConfig(_inputs(inputs), Path(out), model, **job), progress, segmenter)
 

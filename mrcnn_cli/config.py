@@ -18,7 +18,7 @@ DEFAULT_MAX_PIXELS = 178_956_970
 DEFAULT_MODEL = "maskrcnn_resnet50_fpn"
 
 IMAGE_SAVE_KINDS = ("overlay", "masks", "coco", "yolo", "labelme", "cvat", "csv", "crops")
-VIDEO_SAVE_KINDS = ("video", "masks", "coco")
+VIDEO_SAVE_KINDS = ("video", "masks", "coco", "mot")
 IOU_TYPES = ("bbox", "segm")
 ROI_OPS = ("align", "pool")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -120,6 +120,7 @@ class SegmentConfig:
     workers: int = 2
     max_pixels: int = DEFAULT_MAX_PIXELS
     overlay_style: OverlayStyle = field(default_factory=OverlayStyle)
+    track: TrackSettings | None = None  # for the videos among the inputs
 
     def validate(self) -> None:
         self.model.validate()
@@ -141,19 +142,58 @@ class SegmentConfig:
 
     def video_config(self) -> VideoConfig:
         """Videos met by `mrcnn segment`: overlays become the MP4, masks and COCO per frame
-        (the labelling and table formats are for images; videos get none of them)."""
+        (the labelling and table formats are for images; videos get none of them); with
+        --track, also the MOT file."""
         kinds = {"overlay": "video", "masks": "masks", "coco": "coco"}
+        save = tuple(kinds[k] for k in self.save if k in kinds) or ("video",)
         return VideoConfig(
             out=self.out,
             model=self.model,
             batch_size=self.batch_size,
-            save=tuple(kinds[k] for k in self.save if k in kinds) or ("video",),
+            save=save + (("mot",) if self.track is not None else ()),
             overwrite=self.overwrite,
             overlay_style=self.overlay_style,
+            track=self.track,
         )
 
 
 DEFAULT_CRF = 20
+TRACK_METHODS = ("bytetrack", "ocsort")
+
+
+@dataclass(frozen=True)
+class TrackSettings:
+    """ByteTrack's knobs, in the units users think in. Part of a run's resume settings.
+
+    buffer: model frames a lost track is kept before its id is retired;
+    new_track_thr: the score a detection needs to start a track;
+    high_thr: detections at or above it are matched first (the rest in a second round);
+    match_iou: the least box IoU between a track's predicted box and a detection;
+    min_frames: consecutive matched model frames before a track gets its id.
+    """
+
+    buffer: int = 30
+    new_track_thr: float = 0.8
+    high_thr: float = 0.5
+    match_iou: float = 0.1
+    min_frames: int = 1
+    method: str = "bytetrack"
+
+    def validate(self) -> None:
+        if self.method not in TRACK_METHODS:
+            raise MrcnnError(
+                f"--tracker must be one of {', '.join(TRACK_METHODS)}, not {self.method!r}"
+            )
+        if self.buffer < 0:
+            raise MrcnnError("--track-buffer must be 0 or more (model frames)")
+        if self.min_frames < 1:
+            raise MrcnnError("the track's minimum frames must be at least 1")
+        for name in ("new_track_thr", "high_thr", "match_iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise MrcnnError(f"tracking setting {name} must be between 0 and 1")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -173,10 +213,18 @@ class VideoConfig:
     codec: str | None = None
     crf: int = DEFAULT_CRF
     overlay_style: OverlayStyle = field(default_factory=OverlayStyle)
+    track: TrackSettings | None = None  # None: every frame on its own, no ids
+    trail: int = 0  # with tracking: draw each track's last `trail` centres
 
     def validate(self) -> None:
         self.model.validate()
         _check_save(self.save, VIDEO_SAVE_KINDS)
+        if self.track is not None:
+            self.track.validate()
+        elif "mot" in self.save or self.trail:
+            raise MrcnnError("--save mot and --trail need --track")
+        if self.trail < 0:
+            raise MrcnnError("--trail must be 0 or more")
         _check_batch_size(self.batch_size)
         if self.stride < 1:
             raise MrcnnError("--stride must be at least 1")
@@ -199,6 +247,8 @@ class VideoConfig:
             "codec": self.codec,
             "crf": self.crf,
             "style": asdict(self.overlay_style),
+            "track": None if self.track is None else self.track.as_dict(),
+            "trail": self.trail,
         }
 
 

@@ -16,7 +16,8 @@ class Detections:
 
     boxes: float32 [N, 4] xyxy; scores: float32 [N]; labels: int64 [N] model label
     indices (index into `class_names`); masks: bool [N, H, W] or None;
-    class_names / category_ids: per label index (category_ids are COCO ids).
+    class_names / category_ids: per label index (category_ids are COCO ids);
+    track_ids: int64 [N] or None, set by a `Tracker` (-1: not (yet) a confirmed track).
     Filter with a boolean or integer index: `dets[dets.scores > 0.5]`.
 
     >>> people = dets[np.array(dets.names) == "person"]
@@ -29,6 +30,7 @@ class Detections:
     masks: np.ndarray | None
     class_names: tuple[str, ...]
     category_ids: tuple[int, ...]
+    track_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -40,6 +42,10 @@ class Detections:
                 f"boxes, scores, labels disagree in length: {n}, {len(self.scores)}, "
                 f"{len(self.labels)}"
             )
+        if self.track_ids is not None:
+            self.track_ids = np.asarray(self.track_ids, dtype=np.int64).reshape(-1)
+            if len(self.track_ids) != n:
+                raise ValueError(f"track_ids must have {n} entries, got {len(self.track_ids)}")
         if self.masks is not None:
             self.masks = np.asarray(self.masks, dtype=bool)
             if self.masks.ndim != 3 or len(self.masks) != n:
@@ -56,6 +62,7 @@ class Detections:
             masks=None if self.masks is None else self.masks[index],
             class_names=self.class_names,
             category_ids=self.category_ids,
+            track_ids=None if self.track_ids is None else self.track_ids[index],
         )
 
     @property
@@ -69,7 +76,8 @@ class Detections:
     def to_coco(self, image_id: int) -> list[dict[str, Any]]:
         """COCO results, one per detection in order: bbox xywh (2 decimals), score (5), RLE.
 
-        Exactly the entries `mrcnn segment --save coco` writes for this image.
+        Exactly the entries `mrcnn segment --save coco` writes for this image; tracked
+        detections also carry their "track_id".
         """
         boxes = xyxy_to_xywh(self.boxes)
         category_ids = self.coco_category_ids
@@ -83,6 +91,8 @@ class Detections:
             }
             if self.masks is not None:
                 entry["segmentation"] = encode_rle(self.masks[i], self.boxes[i])
+            if self.track_ids is not None:
+                entry["track_id"] = int(self.track_ids[i])
             results.append(entry)
         return results
 

@@ -41,6 +41,7 @@ class RunSummary:
     detections: int = 0
     seconds: float = 0.0
     unit: str = "images"
+    tracks: dict[str, int] = field(default_factory=dict)  # per class, when videos are tracked
 
     @property
     def rate(self) -> float:
@@ -58,6 +59,7 @@ class RunSummary:
             "seconds": round(self.seconds, 3),
             "rate": round(self.rate, 3),
             "failures": [{"path": f.display_path, "reason": f.display_reason} for f in self.failed],
+            **({"tracks": self.tracks} if self.tracks else {}),
         }
 
 
@@ -85,6 +87,7 @@ class Tally:
         self.skipped = 0
         self.detections = 0
         self.failed: list[FailedItem] = []
+        self.tracks: dict[str, int] = {}
         self._start = time.perf_counter()
         self._end: float | None = None
 
@@ -121,6 +124,11 @@ class Tally:
         if self.listener is not None:
             self.listener.skip(n)
 
+    def add_tracks(self, per_class: dict[str, int]) -> None:
+        """Tracks a video was followed with, per class (summed over the run's videos)."""
+        for name, count in per_class.items():
+            self.tracks[name] = self.tracks.get(name, 0) + count
+
     def fail(self, item: FailedItem) -> None:
         self.failed.append(item)
         if self.listener is not None:
@@ -135,4 +143,5 @@ class Tally:
             detections=self.detections,
             seconds=self.seconds,
             unit=self.unit,
+            tracks=dict(self.tracks),
         )

@@ -199,6 +199,42 @@ QuietOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one line.")]
+TrackOpt = Annotated[
+    bool,
+    typer.Option(
+        "--track",
+        help="Follow objects through each video (ByteTrack): a track id per detection, colours "
+        "that follow the object, <stem>.tracks.csv; --save mot for MOTChallenge files.",
+        rich_help_panel="Tracking",
+    ),
+]
+TrackBufferOpt = Annotated[
+    int,
+    typer.Option(
+        "--track-buffer",
+        min=0,
+        help="Model frames a lost track is kept before its id is retired.",
+        rich_help_panel="Tracking",
+    ),
+]
+
+
+TrackerOpt = Annotated[
+    str,
+    typer.Option(
+        "--tracker",
+        help="bytetrack (default) | ocsort (OC-SORT: steadier through occlusions, "
+        "see the README's figures).",
+        rich_help_panel="Tracking",
+    ),
+]
+
+
+def track_settings(track: bool, buffer: int, method: str):
+    """`--track`/`--track-buffer`/`--tracker` as the job's TrackSettings (None: no tracking)."""
+    from mrcnn_cli.config import TrackSettings
+
+    return TrackSettings(buffer=buffer, method=method) if track else None
 
 
 def progress_for(quiet: bool):

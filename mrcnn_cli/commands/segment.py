@@ -13,6 +13,9 @@ from mrcnn_cli.commands._common import (
     JsonOpt,
     OutOpt,
     QuietOpt,
+    TrackBufferOpt,
+    TrackerOpt,
+    TrackOpt,
     WorkersOpt,
     finish_run,
     model_options,
@@ -20,6 +23,7 @@ from mrcnn_cli.commands._common import (
     parse_save_kinds,
     progress_for,
     run_or_exit,
+    track_settings,
 )
 from mrcnn_cli.config import ModelConfig
 from mrcnn_cli.errors import MrcnnError
@@ -87,6 +91,9 @@ def segment_command(
     cpus_per_worker: Annotated[
         float, typer.Option("--cpus-per-worker", min=0.01, help="CPUs per Ray worker.")
     ] = 1.0,
+    track: TrackOpt = False,
+    track_buffer: TrackBufferOpt = 30,
+    tracker: TrackerOpt = "bytetrack",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -105,6 +112,7 @@ def segment_command(
             ann=ann,
             overwrite=overwrite,
             workers=workers,
+            track=track_settings(track, track_buffer, tracker),
         )
         ray_given = [ray_address, num_workers, gpus_per_worker, cpus_per_worker != 1.0]
         if engine == "local":

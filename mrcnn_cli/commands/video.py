@@ -12,19 +12,24 @@ from mrcnn_cli.commands._common import (
     JsonOpt,
     OutOpt,
     QuietOpt,
+    TrackBufferOpt,
+    TrackerOpt,
+    TrackOpt,
     finish_run,
     model_options,
     output_folder,
     parse_save_kinds,
     progress_for,
     run_or_exit,
+    track_settings,
 )
 from mrcnn_cli.config import DEFAULT_CRF, ModelConfig
 
 SAVE_HELP = (
     "Comma-separated: video (annotated <stem>.mp4), masks (masks/<stem>/<frame>.png, "
     "16-bit instance ids), coco (<stem>.predictions.json + <stem>.images.json, one image "
-    "per frame)."
+    "per frame), mot (<stem>.mot.txt, MOTChallenge: frame,id,x,y,w,h,score,-1,-1,-1; needs "
+    "--track)."
 )
 
 
@@ -70,6 +75,18 @@ def video_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo videos already done (default: resume).")
     ] = False,
+    track: TrackOpt = False,
+    track_buffer: TrackBufferOpt = 30,
+    tracker: TrackerOpt = "bytetrack",
+    trail: Annotated[
+        int,
+        typer.Option(
+            "--trail",
+            min=0,
+            help="With --track, draw each track's last N centres.",
+            rich_help_panel="Tracking",
+        ),
+    ] = 0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -92,6 +109,8 @@ def video_command(
             overwrite=overwrite,
             codec=codec,
             crf=crf,
+            track=track_settings(track, track_buffer, tracker),
+            trail=trail,
         )
         return run_videos(cfg, progress_for(quiet))
 

@@ -6,14 +6,16 @@ sink.py, the stride logic in keyframes.py; this module wires them into a job.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import av
 
-from mrcnn_cli.atomic import atomic_path
+from mrcnn_cli.atomic import atomic_path, write_text
 from mrcnn_cli.background import BackgroundWriter
 from mrcnn_cli.config import VideoConfig
 from mrcnn_cli.errors import DecodeError, FailedItem
@@ -22,6 +24,7 @@ from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
 from mrcnn_cli.runs import model_fingerprint, prepared_run
 from mrcnn_cli.segmenter import SegmentationError, Segmenter
 from mrcnn_cli.sources import SourceItem
+from mrcnn_cli.tracking import TRACKS_CSV_HEADER
 from mrcnn_cli.video.encoder import pick_encoder
 from mrcnn_cli.video.keyframes import predict_frames
 from mrcnn_cli.video.paths import VideoPaths, remove_stale_masks
@@ -39,9 +42,11 @@ class VideoOutcome:
     detections: int = 0
     skipped: bool = False
     failure: FailedItem | None = None
+    tracks: dict[str, int] = field(default_factory=dict)  # per class, with --track
 
     def count_in(self, tally: Tally) -> None:
         """Count the whole video as one item (how `mrcnn segment` counts it)."""
+        tally.add_tracks(self.tracks)
         if self.failure is not None:
             tally.fail(self.failure)
         elif self.skipped:
@@ -72,6 +77,10 @@ def _outputs_exist(cfg: VideoConfig, paths: VideoPaths) -> bool:
         wanted.append(paths.video)
     if "coco" in cfg.save:
         wanted += [paths.predictions, paths.images]
+    if "mot" in cfg.save:
+        wanted.append(paths.mot)
+    if cfg.track is not None:
+        wanted.append(paths.tracks)
     return all(p.is_file() for p in wanted)
 
 
@@ -103,7 +112,7 @@ def process_video(
 
     report = DecodeReport()
     try:
-        frames, detections = _run_video(
+        frames, detections, tracks = _run_video(
             item, cfg, segmenter, batch_size, info, paths, report, on_frames
         )
     except _NoFrames:
@@ -120,7 +129,9 @@ def process_video(
     if "masks" in cfg.save:
         remove_stale_masks(paths.masks, frames)
     if report.problem is not None:
-        return VideoOutcome(frames, detections, failure=FailedItem(item.path, report.problem))
+        return VideoOutcome(
+            frames, detections, failure=FailedItem(item.path, report.problem), tracks=tracks
+        )
     journal.record(
         item.rel,
         source=item.path,
@@ -130,7 +141,7 @@ def process_video(
         results=[],
         settings_hash=digest,
     )
-    return VideoOutcome(frames, detections)
+    return VideoOutcome(frames, detections, tracks=tracks)
 
 
 def _run_video(
@@ -142,7 +153,7 @@ def _run_video(
     paths: VideoPaths,
     report: DecodeReport,
     on_frames: OnFrames | None,
-) -> tuple[int, int]:
+) -> tuple[int, int, dict[str, int]]:
     window = FrameWindow(cfg.start, cfg.end, cfg.max_frames)
     detections = 0
     with ExitStack() as stack:
@@ -150,8 +161,12 @@ def _run_video(
         coco = None
         if "coco" in cfg.save:
             coco = stack.enter_context(coco_stream(paths.predictions, paths.images))
+        mot = None
+        if "mot" in cfg.save:
+            mot_tmp = stack.enter_context(atomic_path(paths.mot))
+            mot = stack.enter_context(open(mot_tmp, "w", encoding="utf-8"))
         reader = stack.enter_context(FrameReader(item.path, window, 2 * batch_size + 2, report))
-        sink = FrameSink(cfg, item, video_tmp, coco, info, report)
+        sink = FrameSink(cfg, item, video_tmp, coco, info, report, mot)
         writer = stack.enter_context(
             BackgroundWriter(sink.write, sink.finish, sink.abort, 2 * batch_size + 8)
         )
@@ -162,7 +177,21 @@ def _run_video(
                 on_frames(1, len(dets))
         if report.frames == 0:
             raise _NoFrames
-    return report.frames, detections
+    tracks: dict[str, int] = {}
+    if cfg.track is not None:
+        names = segmenter.class_names
+        write_text(paths.tracks, tracks_csv(sink.tracks.csv_rows(names)))
+        tracks = sink.tracks.per_class(names)
+    return report.frames, detections, tracks
+
+
+def tracks_csv(rows: list[list]) -> str:
+    """`<name>.tracks.csv`: a header, then one row per track."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(TRACKS_CSV_HEADER)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def run_videos(
@@ -212,6 +241,7 @@ def _run_videos(
             outcome = process_video(item, cfg, segmenter, batch_size, tally.advance, info)
             if outcome.skipped:
                 tally.skip(info.expected_frames(window))
+            tally.add_tracks(outcome.tracks)
             if outcome.failure is not None:
                 tally.fail(outcome.failure)
         return close_with_failures(tally, cfg.out)

@@ -11,6 +11,8 @@ from mrcnn_cli.writers import output_path, safe_rel
 VIDEO_SUFFIX = ".mp4"
 PREDICTIONS_SUFFIX = ".predictions.json"
 IMAGES_SUFFIX = ".images.json"
+MOT_SUFFIX = ".mot.txt"
+TRACKS_SUFFIX = ".tracks.csv"
 _MASK_NAME = re.compile(r"^(\d{6,})\.png$")
 
 
@@ -22,6 +24,8 @@ class VideoPaths:
     predictions: Path
     images: Path
     masks: Path
+    mot: Path
+    tracks: Path
 
     @classmethod
     def for_item(cls, out: Path, rel: PurePosixPath) -> VideoPaths:
@@ -31,6 +35,8 @@ class VideoPaths:
             predictions=Path(out, *rel.with_suffix(PREDICTIONS_SUFFIX).parts),
             images=Path(out, *rel.with_suffix(IMAGES_SUFFIX).parts),
             masks=output_path(out, "masks", rel, ""),
+            mot=Path(out, *rel.with_suffix(MOT_SUFFIX).parts),
+            tracks=Path(out, *rel.with_suffix(TRACKS_SUFFIX).parts),
         )
 
 

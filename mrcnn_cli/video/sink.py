@@ -1,12 +1,14 @@
-"""What happens to each frame after the model: overlay into the MP4, mask PNGs, COCO.
+"""What happens to each frame after the model: tracking, overlay into the MP4, mask
+PNGs, COCO, MOT.
 
-Runs on the writer thread, in frame order; COCO files are streamed entry by entry so a
-long video never holds its results in memory.
+Runs on the writer thread, in frame order (which tracking needs); COCO and MOT files are
+streamed entry by entry so a long video never holds its results in memory.
 """
 
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -16,12 +18,13 @@ from mrcnn_cli.atomic import atomic_path
 from mrcnn_cli.config import VideoConfig
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.sources import SourceItem
+from mrcnn_cli.tracking import UNTRACKED, Tracker, TrackTable, mot_lines
 from mrcnn_cli.video.encoder import VideoEncoder, pick_encoder
 from mrcnn_cli.video.paths import frame_mask_rel
 from mrcnn_cli.video.reader import DecodeReport, Frame, VideoInfo
 from mrcnn_cli.writers.coco import image_entry
 from mrcnn_cli.writers.masks import write_masks
-from mrcnn_cli.writers.overlay import annotate
+from mrcnn_cli.writers.overlay import annotate, auto_line_width, draw_trails
 
 
 class CocoStream:
@@ -73,21 +76,60 @@ class FrameSink:
         coco: CocoStream | None,
         info: VideoInfo,
         report: DecodeReport,
+        mot: IO[str] | None = None,
     ) -> None:
         self.cfg, self.item, self.video_tmp, self.coco = cfg, item, video_tmp, coco
-        self.info, self.report = info, report
+        self.info, self.report, self.mot = info, report, mot
         self.encoder: VideoEncoder | None = None
         self.frames = 0
         # --stride hands the same Detections to several frames: RLE-encode them once.
         self._encoded: tuple[Detections, list[dict[str, Any]]] | None = None
+        self.tracker = Tracker(cfg.track) if cfg.track is not None else None
+        self.tracks = TrackTable()
+        self._model_dets: Detections | None = None  # the last model result seen ...
+        self._tracked: Detections | None = None  # ... and what the tracker made of it
+        self._trails: dict[int, deque[tuple[float, float]]] = {}
+
+    def _track(self, dets: Detections) -> Detections:
+        """The tracker sees each model result once: frames between keyed frames (--stride)
+        reuse its tracked result, so buffers count model frames."""
+        if self.tracker is None:
+            return dets
+        if dets is not self._model_dets:
+            self._model_dets, self._tracked = dets, self.tracker.update(dets)
+            if self.cfg.trail:
+                self._extend_trails(self._tracked)
+        assert self._tracked is not None
+        return self._tracked
+
+    def _extend_trails(self, dets: Detections) -> None:
+        assert dets.track_ids is not None
+        seen = set()
+        for box, track_id in zip(dets.boxes, dets.track_ids.tolist()):
+            if track_id == UNTRACKED:
+                continue
+            centre = (float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2)
+            self._trails.setdefault(track_id, deque(maxlen=self.cfg.trail)).append(centre)
+            seen.add(track_id)
+        for track_id in [t for t in self._trails if t not in seen]:
+            del self._trails[track_id]  # a lost track's trail goes with it
 
     def write(self, job: tuple[Frame, Detections]) -> None:
         frame, dets = job
+        dets = self._track(dets)
         h, w = frame.image.shape[:2]
+        if self.tracker is not None:
+            self.tracks.add(frame.index, frame.time, dets)
+            if self.mot is not None:
+                self.mot.writelines(line + "\n" for line in mot_lines(frame.index, dets))
         if self.video_tmp is not None:
             if self.encoder is None:
                 self.encoder = self._open_encoder(w, h, frame.time)
-            self.encoder.write(annotate(frame.image, dets, self.cfg.overlay_style), frame.time)
+            drawn = annotate(frame.image, dets, self.cfg.overlay_style)
+            if self._trails:
+                width = self.cfg.overlay_style.line_width or auto_line_width(h, w)
+                draw_trails(drawn, self._trails, max(2, width))
+            self.encoder.write(drawn, frame.time)
         rel = frame_mask_rel(self.item.rel, frame.index)
         if "masks" in self.cfg.save:
             write_masks(self.cfg.out, rel, dets, h, w, "instance")

@@ -51,6 +51,19 @@ def class_color(label: int) -> tuple[int, int, int]:
     return PALETTE[int(label) % len(PALETTE)]
 
 
+def track_color(track_id: int) -> tuple[int, int, int]:
+    """RGB colour of a track: the same object keeps it for the whole clip. Ids step
+    through the palette with a stride coprime to its length, so neighbours differ."""
+    return PALETTE[(int(track_id) * 7) % len(PALETTE)]
+
+
+def instance_color(dets: Detections, i: int) -> tuple[int, int, int]:
+    """A tracked detection's track colour, otherwise its class colour."""
+    if dets.track_ids is not None and dets.track_ids[i] >= 0:
+        return track_color(dets.track_ids[i])
+    return class_color(dets.labels[i])
+
+
 def auto_line_width(height: int, width: int) -> int:
     """About 1 px per 500 px of the shorter side: visible on 4K, not blobby on thumbnails."""
     return max(1, round(min(height, width) / 500))
@@ -69,7 +82,7 @@ def _blend_masks(out: np.ndarray, dets: Detections, alpha: float, line_width: in
         roi = mask_bbox(mask)
         if roi is None:
             continue
-        color = np.array(class_color(dets.labels[i]), np.float32)
+        color = np.array(instance_color(dets, i), np.float32)
         region = out[roi]
         inside = mask[roi]
         tinted = region[inside].astype(np.float32) * (1.0 - alpha) + color * alpha
@@ -80,7 +93,7 @@ def _blend_masks(out: np.ndarray, dets: Detections, alpha: float, line_width: in
             cv2.CHAIN_APPROX_SIMPLE,
             offset=(roi[1].start, roi[0].start),
         )
-        cv2.drawContours(out, contours, -1, class_color(dets.labels[i]), line_width)
+        cv2.drawContours(out, contours, -1, instance_color(dets, i), line_width)
 
 
 def _int_box(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
@@ -98,8 +111,21 @@ def _text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
 
 
-def label_text(name: str, score: float) -> str:
-    return f"{name} {score:.2f}"
+def label_text(name: str, score: float, track_id: int = -1) -> str:
+    """`person 0.93`, or `#17 person 0.93` for a tracked detection."""
+    text = f"{name} {score:.2f}"
+    return f"#{track_id} {text}" if track_id >= 0 else text
+
+
+def draw_trails(
+    image: np.ndarray, trails: dict[int, Sequence[tuple[float, float]]], line_width: int = 2
+) -> None:
+    """Each track's recent centres as a polyline in its colour, in place (`--trail`)."""
+    for track_id, centres in trails.items():
+        if len(centres) < 2:
+            continue
+        points = np.round(np.asarray(centres, np.float64)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(image, [points], False, track_color(track_id), line_width, cv2.LINE_AA)
 
 
 Strip = tuple[int, int, int, int]  # left, top, width, height of a label strip
@@ -219,11 +245,12 @@ def annotate(image: np.ndarray, dets: Detections, style: OverlayStyle | None = N
     boxes = [_int_box(b, height, width) for b in dets.boxes]
     if style.show_boxes:
         for i in order:
-            cv2.rectangle(out, boxes[i][:2], boxes[i][2:], class_color(dets.labels[i]), line_width)
+            cv2.rectangle(out, boxes[i][:2], boxes[i][2:], instance_color(dets, i), line_width)
     if style.show_labels and len(dets):
         names = dets.names
         thickness = max(1, round(scale * 1.5))
-        texts = [label_text(names[i], float(dets.scores[i])) for i in range(len(dets))]
+        ids = dets.track_ids if dets.track_ids is not None else np.full(len(dets), -1)
+        texts = [label_text(names[i], float(dets.scores[i]), int(ids[i])) for i in range(len(dets))]
         first = order[::-1]  # best score first: it keeps the natural place
         strips = place_labels(
             [boxes[i] for i in first],
@@ -233,7 +260,7 @@ def annotate(image: np.ndarray, dets: Detections, style: OverlayStyle | None = N
         )
         strip_of = dict(zip(first.tolist(), strips))
         for i in order:  # painted like the masks: the best label ends on top
-            color = class_color(dets.labels[i])
+            color = instance_color(dets, int(i))
             _draw_label(out, texts[i], strip_of[int(i)], color, scale, thickness)
     return out
 
