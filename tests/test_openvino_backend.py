@@ -192,9 +192,7 @@ def test_a_corrupt_cache_entry_is_rebuilt_not_a_crash(
     np.testing.assert_array_equal(before.masks, after.masks)
 
 
-def test_a_killed_conversion_leaves_no_entry_under_the_key(
-    tiny_checkpoint, cache_dir, monkeypatch
-):
+def test_a_killed_conversion_leaves_no_entry_under_the_key(tiny_checkpoint, cache_dir, monkeypatch):
     def dies(model, folder):
         (folder / "backbone.xml").write_text("<half")
         raise KeyboardInterrupt
@@ -262,10 +260,10 @@ def test_r50_detections_match_torch_on_a_real_image():
     pairs = match(torch_dets, ov_dets)
     assert len(torch_dets) == 100
     assert len(pairs) >= 0.95 * len(torch_dets)
-    ious = [mask_iou(torch_dets.masks[i], ov_dets.masks[j]) for i, j in pairs]
+    ious = [mask_iou(torch_dets.masks[a], ov_dets.masks[b]) for a, b in pairs]
     assert np.mean(ious) >= 0.99
-    scores = np.abs(torch_dets.scores[[i for i, _ in pairs]] - ov_dets.scores[[j for _, j in pairs]])
-    assert scores.max() < 1e-3
+    i, j = np.array(pairs).T
+    assert np.abs(torch_dets.scores[i] - ov_dets.scores[j]).max() < 1e-3
 
 
 @pytest.fixture(scope="module")
