@@ -212,6 +212,19 @@ def test_image_sizes_do_not_recompile(tiny_checkpoint, cache_dir):
     assert openvino_backend.compile_count == compiled
 
 
+def test_tiles_run_through_openvino_too(tiny_checkpoint, cache_dir):
+    seg = tiny(tiny_checkpoint, backend="openvino", tile=64, tile_overlap=0.25)
+    assert seg.backend == "openvino"
+    dets = seg(rgb(150, 170))
+    assert dets.masks is not None and dets.masks.shape[1:] == (150, 170)
+
+
+@pytest.mark.parametrize("command", ["segment", "video", "eval"])
+def test_every_model_command_takes_the_backend_option(command):
+    result = invoke_cli([command, "--help"])
+    assert "--backend" in result.stdout
+
+
 def test_the_compile_settings_follow_the_precision_and_torchs_threads():
     f32 = openvino_backend.compile_config("fp32", 2)
     bf16 = openvino_backend.compile_config("bf16", 3)
@@ -278,10 +291,11 @@ def held_out(tmp_path_factory) -> Path:
 
 def demo_ap(split: Path, out: Path, **options) -> dict[str, float]:
     from mrcnn_cli.api import evaluate
+    from mrcnn_cli.config import EVAL_SCORE_THR
 
     outcome = evaluate(
         split / "instances.json", images=split / "images", out=out, model="demo",
-        device="cpu", plots=False, gallery=0, **options,
+        device="cpu", score_thr=EVAL_SCORE_THR, plots=False, gallery=0, **options,
     )  # fmt: skip
     return {t: r.metrics.ap for t, r in outcome.results.items()}
 
