@@ -225,6 +225,19 @@ def test_every_model_command_takes_the_backend_option(command):
     assert "--backend" in result.stdout
 
 
+def test_the_box_head_runs_in_openvino_at_bf16_only(tiny_checkpoint, cache_dir):
+    from mrcnn_cli.models.precision import cpu_has_fast_bf16
+
+    fp32 = tiny(tiny_checkpoint, backend="openvino", precision="fp32")
+    assert not isinstance(fp32.loaded.model.roi_heads.box_head, openvino_backend.OVBoxHead)
+    if not cpu_has_fast_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    bf16 = tiny(tiny_checkpoint, backend="openvino", precision="bf16")
+    assert isinstance(bf16.loaded.model.roi_heads.box_head, openvino_backend.OVBoxHead)
+    image = rgb(128, 128, seed=3)
+    assert len(bf16(image)) == len(fp32(image)) > 0
+
+
 def test_the_compile_settings_follow_the_precision_and_torchs_threads():
     f32 = openvino_backend.compile_config("fp32", 2)
     bf16 = openvino_backend.compile_config("bf16", 3)

@@ -33,7 +33,7 @@ from torch import nn
 from mrcnn_cli.atomic import TEMP_MARK
 
 CACHE_ENV = "MRCNN_CACHE_DIR"
-FORMAT_VERSION = 1  # bump when the conversion (inputs, wrappers, outputs) changes
+FORMAT_VERSION = 2  # bump when the conversion (inputs, wrappers, outputs) changes
 ENTRY_FILE = "entry.json"
 
 
