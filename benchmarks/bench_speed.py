@@ -7,7 +7,10 @@ checkpoint needed; --score-thr 0 so every image has 100 detections):
           pasting, no files): what any tool must pay at least, in torchvision's numbers;
   naive   the loop people write: torchvision's full model, then an overlay JPEG, a PNG of
           the masks and a JSON file with RLE, one after another;
-  mrcnn   `mrcnn segment --save overlay,masks,coco` for each --precision asked for.
+  mrcnn   `mrcnn segment --save overlay,masks,coco` for each --backend (torch: exact
+          torchvision; openvino: dense layers compiled by OpenVINO) and --precision asked
+          for. OpenVINO conversions go to a temp cache made warm before timing (a first
+          run converts once: ~15-20 s for an R50 on two cores, not counted here).
 
 Each runs in its own process, started by a small parent that reads its peak RSS (a child
 forked from a big Python process would count the parent's memory too). Times cover the
@@ -16,6 +19,7 @@ against the floor and the naive loop measured in the same run. Usage:
 
   python benchmarks/bench_speed.py                       # 6 COCO images + 1 at 4000x3000
   python benchmarks/bench_speed.py --limit 3 --large 0 --precisions fp32,bf16
+  python benchmarks/bench_speed.py --backends torch,openvino --large 0
   python benchmarks/bench_speed.py --video 12 --train 20 # also video frames/s, train steps/s
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -140,15 +145,16 @@ def bench_images(tmp: Path, name: str, files: list[Path], args) -> list[dict]:
         doc, rss = measured([sys.executable, str(script), str(tmp / f"naive_{name}"),
                              *map(str, files)])  # fmt: skip
         add("naive torchvision loop", doc["seconds"], rss)
-    for precision in args.precisions.split(","):
-        out = tmp / f"ours_{name}_{precision}"
+    for backend, precision in variants(args):
+        out = tmp / f"ours_{name}_{backend}_{precision}"
         cmd = mrcnn("segment", str(listing), "--out", str(out), "--model", args.arch,
                     "--random-weights", "0", "--score-thr", "0", "--device", "cpu",
-                    "--save", "overlay,masks,coco", "--precision", precision)  # fmt: skip
+                    "--save", "overlay,masks,coco", "--precision", precision,
+                    "--backend", backend)  # fmt: skip
         if args.batch_size:
             cmd += ["--batch-size", str(args.batch_size)]
         doc, rss = measured(cmd)
-        add(f"mrcnn segment --precision {precision}", doc["seconds"], rss)
+        add(f"mrcnn segment {backend} {precision}", doc["seconds"], rss)
     floor = rows[0]["seconds"]
     naive = rows[1]["seconds"] if not args.skip_naive else None
     for row in rows:
@@ -157,15 +163,32 @@ def bench_images(tmp: Path, name: str, files: list[Path], args) -> list[dict]:
     return rows
 
 
+def variants(args) -> list[tuple[str, str]]:
+    """(backend, precision) pairs to run, torch first."""
+    return [(b, p) for b in args.backends.split(",") for p in args.precisions.split(",")]
+
+
+def warm_openvino_cache(tmp: Path, args) -> None:
+    """Convert once into a temp cache, so no timed run pays the conversion."""
+    if "openvino" not in args.backends.split(","):
+        return
+    os.environ["MRCNN_CACHE_DIR"] = str(tmp / "cache")
+    probe = next(iter(sorted(COCO_IMAGES.glob("*.jpg"))))
+    subprocess.run(mrcnn("segment", str(probe), "--out", str(tmp / "warm"), "--model", args.arch,
+                         "--random-weights", "0", "--device", "cpu", "--backend", "openvino"),
+                   check=True, capture_output=True)  # fmt: skip
+
+
 def bench_video(tmp: Path, frames: int, args) -> list[dict]:
     rows = []
-    for precision in args.precisions.split(","):
+    for backend, precision in variants(args):
         cmd = [sys.executable, "-m", "mrcnn_cli", "video", str(CLIP), "--out",
-               str(tmp / f"video_{precision}"), "--model", args.arch, "--random-weights", "0",
-               "--score-thr", "0", "--device", "cpu", "--max-frames", str(frames),
-               "--precision", precision, "--json", "--quiet"]  # fmt: skip
+               str(tmp / f"video_{backend}_{precision}"), "--model", args.arch,
+               "--random-weights", "0", "--score-thr", "0", "--device", "cpu", "--max-frames",
+               str(frames), "--precision", precision, "--backend", backend, "--json",
+               "--quiet"]  # fmt: skip
         doc, rss = measured(cmd)
-        rows.append({"what": f"mrcnn video --precision {precision}", "frames": doc["processed"],
+        rows.append({"what": f"mrcnn video {backend} {precision}", "frames": doc["processed"],
                      "frames_per_s": doc["rate"], "peak_rss_mib": rss})  # fmt: skip
     return rows
 
@@ -195,6 +218,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=6, help="COCO images (640x480 class)")
     ap.add_argument("--large", type=int, default=1, help="generated 4000x3000 images")
     ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--backends", default="torch,openvino", help="torch, openvino or both")
     ap.add_argument("--arch", default="maskrcnn_resnet50_fpn")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the tool's own")
     ap.add_argument("--skip-naive", action="store_true")
@@ -206,6 +230,7 @@ def main() -> None:
                     platform.machine(), "python": platform.python_version()}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        warm_openvino_cache(tmp, args)
         rows = []
         if args.limit:
             rows += bench_images(tmp, "640x480", sorted(args.images.glob("*.jpg"))[: args.limit],
@@ -222,7 +247,7 @@ def main() -> None:
           "speed relative to those rows of the same run")  # fmt: skip
     for row in report["images"]:
         naive = f"{row['x_naive']:5.2f}" if row["x_naive"] else "    -"
-        print(f"  {row['size']:9s} {row['variant']:36s} {row['images_per_s']:6.3f} images/s  "
+        print(f"  {row['size']:9s} {row['variant']:34s} {row['images_per_s']:6.3f} images/s  "
               f"x floor {row['x_floor']:5.2f}  x naive {naive}  "
               f"peak RSS {row['peak_rss_mib']:6.0f} MiB")  # fmt: skip
     for row in report.get("video", []):

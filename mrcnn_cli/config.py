@@ -7,6 +7,7 @@ output's bytes, hashed by the journal so that a rerun with other values redoes t
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -22,6 +23,8 @@ VIDEO_SAVE_KINDS = ("video", "masks", "coco", "mot")
 IOU_TYPES = ("bbox", "segm")
 ROI_OPS = ("align", "pool")
 PRECISIONS = ("fp32", "bf16", "fp16")
+BACKENDS = ("auto", "torch", "openvino")
+BACKEND_ENV = "MRCNN_BACKEND"  # overrides the default backend (the tests pin torch with it)
 
 MaskFormat = Literal["instance", "binary", "semantic"]
 MASK_FORMATS: tuple[str, ...] = get_args(MaskFormat)
@@ -37,6 +40,11 @@ class OverlayStyle:
     show_boxes: bool = True
     show_labels: bool = True
     show_masks: bool = True
+
+
+def default_backend() -> str:
+    """`auto` (OpenVINO on a CPU, torch on CUDA) unless $MRCNN_BACKEND names another."""
+    return os.environ.get(BACKEND_ENV, "").strip() or "auto"
 
 
 @dataclass(frozen=True)
@@ -57,8 +65,13 @@ class ModelConfig:
     tile_overlap: float = 0.2
     tile_full: bool = False  # with tiles, also the whole image (for large objects)
     random_init_seed: int | None = None  # tests and benchmarks: seeded random weights
+    backend: str = field(default_factory=default_backend)  # auto | torch (exact) | openvino
 
     def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise MrcnnError(
+                f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}"
+            )
         if not 0.0 <= self.score_thr <= 1.0 or not 0.0 <= self.mask_thr <= 1.0:
             raise MrcnnError("--score-thr and --mask-thr must be between 0 and 1")
         if self.max_det < 1:
@@ -78,7 +91,8 @@ class ModelConfig:
 
     def output_settings(self) -> dict[str, Any]:
         """Everything but the device: the same model on another device gives the same files
-        (up to the precision, which is part of the settings)."""
+        (up to the precision and the backend, which are part of the settings; `auto` is
+        recorded as asked, so switching between `auto` and an explicit backend redoes)."""
         settings = asdict(self)
         settings.pop("device")
         settings["channels_last"] = self.channels_last_in_use

@@ -27,6 +27,7 @@ from mrcnn_cli.config import DEFAULT_MODEL, ModelConfig
 from mrcnn_cli.decode import decode_image
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.errors import MrcnnError
+from mrcnn_cli.models.backends import apply_backend
 from mrcnn_cli.models.loading import LoadedModel, default_batch_size, load_model
 from mrcnn_cli.models.precision import autocast, fp32_head_outputs
 from mrcnn_cli.models.threaded_roi import thread_roi_pooling
@@ -80,6 +81,9 @@ class Segmenter:
     tiles of that many pixels at native resolution (small objects in large images; see
     tiling.py), merged back into one set of detections, plus the whole image with
     `tile_full`. `batch_size` None: the device's default (tiles are batched with it).
+    `backend` is `torch` (torchvision's numbers exactly), `openvino` (the dense layers
+    compiled by OpenVINO: faster on a CPU, same up to rounding) or `auto` (OpenVINO on
+    a CPU, torch on CUDA); None: $MRCNN_BACKEND, else `auto`.
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class Segmenter:
         tile_full: bool = False,
         batch_size: int | None = None,
         random_init_seed: int | None = None,
+        backend: str | None = None,
     ) -> None:
         config = ModelConfig(
             model=model,
@@ -117,6 +122,7 @@ class Segmenter:
             tile_overlap=tile_overlap,
             tile_full=tile_full,
             random_init_seed=random_init_seed,
+            **({"backend": backend} if backend is not None else {}),
         )
         self._setup(_load(config), config, batch_size)
 
@@ -144,13 +150,18 @@ class Segmenter:
             raise MrcnnError("--batch-size must be at least 1")
         self.loaded = loaded
         self.config = config
-        self.channels_last = tune and config.channels_last_in_use
+        self.backend = "torch"
+        threads = torch.get_num_threads() if loaded.device.type == "cpu" else 1
+        if tune:
+            self.backend = apply_backend(loaded, config.backend, config.precision, threads)
+        # torch's reduced precisions; under OpenVINO the torch parts stay fp32
+        self.torch_precision = config.precision if self.backend == "torch" else "fp32"
+        self.channels_last = tune and self.backend == "torch" and config.channels_last_in_use
         if self.channels_last:
             loaded.model.backbone.to(memory_format=torch.channels_last)
         if tune:
-            threads = torch.get_num_threads() if loaded.device.type == "cpu" else 1
             thread_roi_pooling(loaded.model, threads)
-            if config.precision != "fp32":
+            if self.torch_precision != "fp32":
                 fp32_head_outputs(loaded.model)
         self.batch_size = default_batch_size(loaded.device, batch_size)
         self.keep_labels = resolve_class_filter(
@@ -173,7 +184,8 @@ class Segmenter:
     def __repr__(self) -> str:
         return (
             f"Segmenter(model={self.config.model!r}, device={str(self.device)!r}, "
-            f"precision={self.config.precision!r}, batch_size={self.batch_size}, "
+            f"precision={self.config.precision!r}, backend={self.backend!r}, "
+            f"batch_size={self.batch_size}, "
             f"score_thr={self.config.score_thr})"
         )
 
@@ -262,7 +274,7 @@ class Segmenter:
         pixels = batch.tensors
         if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        with autocast(self.config.precision, loaded.device):
+        with autocast(self.torch_precision, loaded.device):
             features = model.backbone(pixels)
             proposals, _ = model.rpn(batch, features)
             raw, _ = model.roi_heads(features, proposals, batch.image_sizes)

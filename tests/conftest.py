@@ -4,10 +4,20 @@ Plain helpers and constants live in helpers.py (import them from there, not from
 
 The real data (50 COCO val2017 images with their annotations) lives in the shared folder
 next to the repository and is referenced in place, never copied into the repo.
+
+Backend: the suite runs on torch (`MRCNN_BACKEND=torch`, set below before any test), the
+exact path, because converting an R50 for OpenVINO costs ~15-20 s per new set of weights
+and most tests are about something else. tests/test_openvino_backend.py asks for
+OpenVINO explicitly. Converted models go to a temp folder ($MRCNN_CACHE_DIR), never to
+the user's ~/.cache.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +35,10 @@ from helpers import (
     invoke_cli,
 )
 from typer.testing import Result
+
+os.environ["MRCNN_BACKEND"] = "torch"
+os.environ["MRCNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="mrcnn-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MRCNN_CACHE_DIR"], True)  # ~200 MB after the R50 test
 
 
 @pytest.fixture(scope="session")

@@ -112,6 +112,8 @@ def run_segment(out: Path, images: list[Path], model: str, batch_size: int, *ext
             "--save",
             "overlay,masks,coco",
             "--json",
+            "--backend",
+            "torch",  # the exact path; OpenVINO is compared within tolerances elsewhere
             *extra,
         ]
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import sys
 import typing
 from collections.abc import Callable
@@ -39,6 +40,28 @@ def run_or_exit(fn: Callable[[], T], debug: bool = False) -> T:
         raise typer.Exit(130) from None
 
 
+class _ConsoleHandler(logging.Handler):
+    """The library's log records (OpenVINO converting, a fallback) as one stderr line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        style = "yellow" if record.levelno >= logging.WARNING else "dim"
+        err_console.print(
+            f"[{style}]{escape(record.getMessage())}[/]", highlight=False, soft_wrap=True
+        )
+
+
+_handler = _ConsoleHandler()
+
+
+def show_library_messages(quiet: bool) -> None:
+    """Show the library's notes on stderr: warnings always, progress notes unless --quiet."""
+    logger = logging.getLogger("mrcnn_cli")
+    _handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.INFO)
+    if _handler not in logger.handlers:
+        logger.addHandler(_handler)
+
+
 def parse_classes(value: str | None) -> list[str] | None:
     """`--classes person,car,3` -> ['person', 'car', '3'] (names or ids, resolved later)."""
     if not value:
@@ -69,6 +92,10 @@ def _model_option_parameters(score_thr: float, score_help: str, with_classes: bo
         ("precision", "fp32", Annotated[str, _model_option(
             "--precision", help="fp32 (exact: torchvision's numbers) | bf16 (CPUs with "
             "avx512_bf16/AMX, CUDA; ~2x faster on such CPUs) | fp16 (CUDA).")]),
+        ("backend", "auto", Annotated[str, _model_option(
+            "--backend", envvar="MRCNN_BACKEND", help="auto (OpenVINO on a CPU, torch on "
+            "CUDA) | torch (exact: torchvision's numbers) | openvino (dense layers compiled "
+            "by OpenVINO: faster on a CPU, equal up to rounding; see README \"Backends\").")]),
         ("half", False, Annotated[bool, _model_option(
             "--half", help="Same as --precision fp16 (CUDA only).")]),
         ("channels_last", None, Annotated[bool | None, _model_option(
@@ -147,7 +174,9 @@ def model_options(
                 tile_overlap=v["tile_overlap"],
                 tile_full=v["tile_full"],
                 random_init_seed=v["random_weights"],
+                backend=v["backend"],
             )
+            show_library_messages(bool(kwargs.get("quiet")))
             if wants_given:
                 kwargs["model_given"] = v["model"] is not None
             return fn(**kwargs)
