@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mrcnn_cli.atomic import write_bytes
 from mrcnn_cli.config import SegmentConfig
 from mrcnn_cli.decode import decode_image_safe
 from mrcnn_cli.detections import Detections
@@ -43,8 +44,10 @@ from mrcnn_cli.writers.coco import assign_image_ids
 from mrcnn_cli.writers.crops import crops_folder, write_crops
 from mrcnn_cli.writers.labelme import labelme_path, write_labelme
 from mrcnn_cli.writers.masks import write_masks
-from mrcnn_cli.writers.overlay import overlay_path, write_overlay
+from mrcnn_cli.writers.overlay import annotate, encode_jpeg, overlay_path
+from mrcnn_cli.writers.report import REPORT_FILE, ReportRun, report_settings, write_run_report
 from mrcnn_cli.writers.run_files import write_run_files
+from mrcnn_cli.writers.thumbs import THUMBS_DIR, thumb_path, write_thumbnail
 from mrcnn_cli.writers.yolo import write_yolo_labels, yolo_label_path
 
 
@@ -135,13 +138,22 @@ class ImageWriter:
         self, cfg: SegmentConfig, journal: Journal, digest: str, image_ids: dict[str, int]
     ) -> None:
         self.cfg, self.journal, self.digest, self.image_ids = cfg, journal, digest, image_ids
+        # Thumbnails are not in the settings hash: one left by an earlier run with
+        # `report` would outlive a redo without it.
+        self.stale_thumbs = "report" not in cfg.save and (cfg.out / THUMBS_DIR).is_dir()
 
     def __call__(self, decoded: Decoded, dets: Detections) -> int:
         item, image = decoded.item, decoded.image
         h, w = image.shape[:2]
         out, save = self.cfg.out, self.cfg.save
-        if "overlay" in save:
-            write_overlay(overlay_path(out, item.rel), image, dets, self.cfg.overlay_style)
+        if "overlay" in save or "report" in save:  # drawn once for both
+            drawn = annotate(image, dets, self.cfg.overlay_style)
+            if "overlay" in save:
+                write_bytes(overlay_path(out, item.rel), encode_jpeg(drawn))
+            if "report" in save:
+                write_thumbnail(out, item.rel, drawn)
+        if "report" not in save and self.stale_thumbs:  # a later report must not show it
+            thumb_path(out, item.rel).unlink(missing_ok=True)
         if "masks" in save:
             write_masks(out, item.rel, dets, h, w, self.cfg.mask_format)
         if "yolo" in save:
@@ -179,6 +191,8 @@ def outputs_exist(cfg: SegmentConfig, rel: PurePosixPath, detections: int) -> bo
         files.append(yolo_label_path(out, rel))
     if "labelme" in save:
         files.append(labelme_path(out, rel))
+    if "report" in save:
+        files.append(thumb_path(out, rel))
     folders = []
     if detections:
         if "masks" in save and cfg.mask_format == "binary":
@@ -289,6 +303,13 @@ def _segment(
         for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
                                       names, ids, shard):  # fmt: skip
             tally.fail(failed)
+        if "report" in cfg.save:  # last: it shows the other files' failures too
+            run_info = ReportRun("segment", cfg.out, cfg.inputs, cfg.model.model,
+                                 report_settings(cfg.model, batch_size), cfg.save)  # fmt: skip
+            path = cfg.out / shard_file_name(REPORT_FILE, shard)
+            for failed in write_run_report(path, run_info, tally.summary(), journal, rels,
+                                           digest, names, ids):  # fmt: skip
+                tally.fail(failed)
         return close_with_failures(tally, cfg.out, shard_file_name(FAILURES_FILE, shard))
 
 
