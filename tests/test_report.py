@@ -238,3 +238,27 @@ def test_report_of_a_journal_skips_records_of_other_settings(tmp_path):
     assert write_run_report(path, ReportRun("segment", tmp_path), summary(), journal, rels, "now",
                             (), ()) == []  # fmt: skip
     assert page_data(path.read_text())["images"]["names"] == ["i0.png", "i2.png"]
+
+
+def test_merge_writes_one_report_of_all_shards(demo, images, tmp_path):
+    from mrcnn_cli.distributed.merge import merge_shards
+    from mrcnn_cli.distributed.shards import ShardSpec
+    from mrcnn_cli.engine import run_segment
+
+    (images / "broken.png").write_bytes(b"not a png")
+    folders = []
+    for k in range(2):
+        folder = tmp_path / f"shard{k}"
+        cfg = SegmentConfig(inputs=(str(images),), out=folder, model=ModelConfig("demo"),
+                            save=("coco", "report"))  # fmt: skip
+        run_segment(cfg, segmenter=demo, shard=ShardSpec(k, 2))
+        assert (folder / f"report.shard-{k}-of-2.html").is_file()
+        folders.append(folder)
+    merged = merge_shards(folders, tmp_path / "all")
+    data = page_data((tmp_path / "all" / REPORT_FILE).read_text(encoding="utf-8"))
+    assert sorted(data["images"]["names"]) == sorted(p.name for p in EXAMPLES.glob("*.png"))
+    assert data["run"]["detections"] == merged.detections
+    assert [f[0].endswith("broken.png") for f in data["failures"]] == [True]
+    assert not list((tmp_path / "all").glob("report.shard-*"))
+    for name in data["images"]["names"]:
+        assert thumb_path(tmp_path / "all", name).is_file()
