@@ -262,3 +262,26 @@ def test_merge_writes_one_report_of_all_shards(demo, images, tmp_path):
     assert not list((tmp_path / "all").glob("report.shard-*"))
     for name in data["images"]["names"]:
         assert thumb_path(tmp_path / "all", name).is_file()
+
+
+def test_video_report_lists_each_video_with_its_frames_and_link(demo, tmp_path):
+    from test_video import make_clip
+
+    from mrcnn_cli.config import VideoConfig
+    from mrcnn_cli.video import run_videos
+
+    clip = make_clip(tmp_path / "clip <b>.mp4", frames=3)
+    (tmp_path / "bad.mp4").write_bytes(b"no video")
+    out = tmp_path / "out"
+    cfg = VideoConfig(inputs=(str(clip), str(tmp_path / "bad.mp4")), out=out,
+                      model=ModelConfig("demo"), save=("video", "report"))  # fmt: skip
+    s = run_videos(cfg, segmenter=demo)
+    data = page_data((out / REPORT_FILE).read_text(encoding="utf-8"))
+    rows = {v["name"]: v for v in data["videos"]}
+    assert rows["clip <b>.mp4"]["frames"] == s.processed == 3
+    assert rows["clip <b>.mp4"]["href"] == "clip%20%3Cb%3E.mp4"
+    assert rows["bad.mp4"]["status"].startswith("failed") and rows["bad.mp4"]["href"] is None
+    assert data["run"]["unit"] == "frames" and data["run"]["failed"] == 1
+    s = run_videos(cfg, segmenter=demo)  # resumed: the report says so
+    rows = {v["name"]: v for v in page_data((out / REPORT_FILE).read_text())["videos"]}
+    assert rows["clip <b>.mp4"]["status"] == "done before"

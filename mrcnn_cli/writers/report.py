@@ -235,6 +235,18 @@ def write_run_report(
     return write_report(path, report_document(run, summary, table))
 
 
+def video_row(
+    rel: PurePosixPath | str,
+    href: str | None,
+    status: str,
+    frames: int | None = None,
+    detections: int | None = None,
+) -> dict[str, Any]:
+    """One line of the report's video table; `href`: the annotated video, if written."""
+    return {"name": display_name(rel), "href": href, "status": status, "frames": frames,
+            "detections": detections}  # fmt: skip
+
+
 def report_settings(model: ModelConfig, batch_size: int | None) -> dict[str, Any]:
     """The settings a reader of the report wants to see (not every field of the config)."""
     settings: dict[str, Any] = {
