@@ -285,3 +285,21 @@ def test_video_report_lists_each_video_with_its_frames_and_link(demo, tmp_path):
     s = run_videos(cfg, segmenter=demo)  # resumed: the report says so
     rows = {v["name"]: v for v in page_data((out / REPORT_FILE).read_text())["videos"]}
     assert rows["clip <b>.mp4"]["status"] == "done before"
+
+
+def test_eval_always_writes_a_report_with_its_numbers_and_pictures(demo, tmp_path):
+    from mrcnn_cli.config import EvalConfig
+    from mrcnn_cli.evaluation.run import run_eval
+
+    out = tmp_path / "eval"
+    cfg = EvalConfig(ann=EXAMPLES.parent / "instances.json", out=out, images=EXAMPLES,
+                     model=ModelConfig("demo"), gallery=2)  # fmt: skip
+    outcome = run_eval(cfg, segmenter=demo)
+    data = page_data((out / REPORT_FILE).read_text(encoding="utf-8"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert data["eval"]["metrics"] == metrics["metrics"]
+    assert data["run"]["command"] == "eval" and data["run"]["processed"] == 6
+    linked = data["eval"]["files"]
+    assert any(f.startswith("pr_") for f in linked) and any(f.startswith("worst/") for f in linked)
+    assert all((out / f).is_file() for f in linked)
+    assert outcome.exit_code == 0 and not outcome.unwritten

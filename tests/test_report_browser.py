@@ -187,6 +187,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("websocket", reason="websocket-client not installed (the dev extra)")
     tools = DevTools(tmp_path_factory.mktemp("profile"))
     yield tools
     tools.close()
@@ -375,3 +376,40 @@ def test_the_report_needs_no_network(run_dir):
     html = (run_dir / REPORT_FILE).read_text(encoding="utf-8")
     assert "http://" not in html and "https://" not in html and "//cdn" not in html
     assert os.path.getsize(run_dir / REPORT_FILE) < 50_000
+
+
+def test_eval_report_shows_the_coco_table_and_its_pictures_load(browser, tmp_path):
+    from mrcnn_cli.config import EvalConfig
+    from mrcnn_cli.evaluation.run import run_eval
+
+    out = tmp_path / "eval"
+    cfg = EvalConfig(ann=EXAMPLES.parent / "instances.json", out=out, images=EXAMPLES,
+                     model=ModelConfig("demo", device="cpu"), gallery=2)  # fmt: skip
+    run_eval(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    browser.events.clear()
+    browser.open((out / REPORT_FILE).as_uri())
+    rows = browser.eval(
+        "[...document.querySelectorAll('#eval-stats tbody tr')]"
+        ".map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert rows[0] == ["AP", f"{metrics['bbox']['stats']['AP']:.3f}",
+                       f"{metrics['segm']['stats']['AP']:.3f}"]  # fmt: skip
+    assert len(rows) == 12
+    classes = browser.eval("[...document.querySelectorAll('#eval-classes tbody tr')].length")
+    assert classes == 3
+    browser.eval("window.scrollTo(0, document.body.scrollHeight)")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        loaded = browser.eval(
+            "[...document.querySelectorAll('#eval-section img')].map(i => i.naturalWidth > 0)"
+        )
+        if loaded and all(loaded):
+            break
+        time.sleep(0.1)
+    assert len(loaded) >= 5 and all(loaded)  # 4 PR plots and the worst images
+    assert (
+        browser.eval("getComputedStyle(document.getElementById('gallery-section')).display")
+        == "none"
+    )
+    assert browser.errors() == []

@@ -256,7 +256,7 @@ def report_settings(model: ModelConfig, batch_size: int | None) -> dict[str, Any
         "classes": ", ".join(model.classes) if model.classes else "all",
         "precision": model.precision,
         "device": model.device,
-        "batch_size": batch_size,
+        "batch_size": "auto" if batch_size is None else batch_size,
     }
     if model.weights:
         settings["weights"] = model.weights
