@@ -15,6 +15,7 @@ import argparse
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,16 +45,22 @@ def fake_results(rng: random.Random, image_id: int) -> list[dict[str, Any]]:
     return out
 
 
-def page_ready_ms(report: Path, profile: Path) -> float | None:
-    """Milliseconds from navigation start until the page drew its first gallery page."""
+def page_ready_ms(report: Path, profile: Path, view: str = "", loads: int = 3) -> float | None:
+    """Milliseconds from navigation start until the page drew its first gallery page
+    (median of `loads`); `view` is the address's state, e.g. `#class=x&sort=lowest`."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         return None
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           f"--user-data-dir={profile}", "--dump-dom", report.as_uri()]  # fmt: skip
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    found = re.search(r'data-ready-ms="(\d+)"', dom)
-    return float(found.group(1)) if found else None
+           f"--user-data-dir={profile}", "--dump-dom", report.as_uri() + view]  # fmt: skip
+    times = []
+    for _ in range(loads):
+        dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+        found = re.search(r'data-ready-ms="(\d+)"', dom)
+        if found is None:
+            return None
+        times.append(float(found.group(1)))
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -103,6 +110,10 @@ def main() -> None:
         ready = page_ready_ms(out / REPORT_FILE, work / "profile")
         if ready is not None:
             print(f"page ready          {ready:.0f} ms (headless Chromium, first gallery page)")
+        view = "#class=class_07&sort=lowest"
+        ready = page_ready_ms(out / REPORT_FILE, work / "profile", view)
+        if ready is not None:
+            print(f"page ready, {view}  {ready:.0f} ms (filtered and sorted at load)")
     if args.dir is None:
         shutil.rmtree(work, ignore_errors=True)
 
