@@ -238,6 +238,24 @@ def images_to_do(
     return todo
 
 
+def write_segment_report(
+    cfg: SegmentConfig,
+    batch_size: int,
+    summary: RunSummary,
+    journal: Journal,
+    rels: Sequence[PurePosixPath],
+    digest: str,
+    class_names: tuple[str, ...],
+    category_ids: tuple[int, ...],
+    shard: ShardSpec | None = None,
+) -> list[FailedItem]:
+    """report.html (a shard's: report.shard-K-of-N.html) of a segment run, from the journal."""
+    run = ReportRun("segment", cfg.out, cfg.inputs, cfg.model.model,
+                    report_settings(cfg.model, batch_size), cfg.save)  # fmt: skip
+    path = cfg.out / shard_file_name(REPORT_FILE, shard)
+    return write_run_report(path, run, summary, journal, rels, digest, class_names, category_ids)
+
+
 def run_segment(
     cfg: SegmentConfig,
     progress: ProgressListener | None = None,
@@ -304,11 +322,8 @@ def _segment(
                                       names, ids, shard):  # fmt: skip
             tally.fail(failed)
         if "report" in cfg.save:  # last: it shows the other files' failures too
-            run_info = ReportRun("segment", cfg.out, cfg.inputs, cfg.model.model,
-                                 report_settings(cfg.model, batch_size), cfg.save)  # fmt: skip
-            path = cfg.out / shard_file_name(REPORT_FILE, shard)
-            for failed in write_run_report(path, run_info, tally.summary(), journal, rels,
-                                           digest, names, ids):  # fmt: skip
+            for failed in write_segment_report(cfg, batch_size, tally.summary(), journal, rels,
+                                               digest, names, ids, shard):  # fmt: skip
                 tally.fail(failed)
         return close_with_failures(tally, cfg.out, shard_file_name(FAILURES_FILE, shard))
 

@@ -303,3 +303,11 @@ def test_eval_always_writes_a_report_with_its_numbers_and_pictures(demo, tmp_pat
     assert any(f.startswith("pr_") for f in linked) and any(f.startswith("worst/") for f in linked)
     assert all((out / f).is_file() for f in linked)
     assert outcome.exit_code == 0 and not outcome.unwritten
+
+
+def test_scores_that_are_not_numbers_in_range_count_as_zero_or_one():
+    results = [{"category_id": 1, "score": float("nan")}, {"category_id": 1, "score": 1.5},
+               {"category_id": 1}]  # fmt: skip
+    table = image_table([ImageRecord("a.png", "a.png", 1, 8, 8, results, "x")], ("bg", "x"), (0, 1))
+    html = render_report(report_document(ReportRun("segment", Path("o")), summary(), table))
+    assert page_data(html)["images"]["det_score"] == [1000, 0, 0]  # valid JSON: no NaN

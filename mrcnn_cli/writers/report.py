@@ -136,7 +136,7 @@ class ImageTable:
         self.names.append(shown)
         self.sizes += [record.width, record.height]
         dets = sorted(
-            ((float(r.get("score", 0.0)), int(r.get("category_id", 0))) for r in record.results),
+            ((_score(r.get("score")), int(r.get("category_id", 0))) for r in record.results),
             key=lambda d: -d[0],
         )
         self.counts.append(len(dets))
@@ -159,6 +159,15 @@ class ImageTable:
             "det_score": self.det_score,
             "urls": {str(k): v for k, v in self.urls.items()},
         }
+
+
+def _score(value: Any) -> float:
+    """A detection's score in [0, 1]; anything else (NaN, missing) counts as 0."""
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return min(1.0, score) if score >= 0.0 else 0.0  # NaN fails the comparison
 
 
 def image_table(
@@ -232,6 +241,8 @@ def write_run_report(
         table = image_table(journal.records(rels, digest), class_names, category_ids)
     except OSError as exc:
         return [FailedItem(path, f"cannot write: {os_error_reason(exc)}")]
+    except (ValueError, TypeError) as exc:  # a record we cannot show: the run still ends
+        return [FailedItem(path, f"cannot build the report: {display_name(str(exc))}")]
     return write_report(path, report_document(run, summary, table))
 
 
