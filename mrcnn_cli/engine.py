@@ -11,7 +11,7 @@ files. Both queues are bounded: memory stays flat however many images there are.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -38,7 +38,7 @@ from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
 from mrcnn_cli.runs import PreparedRun, model_fingerprint, prepared_run
 from mrcnn_cli.segmenter import ImageError, Segmenter
 from mrcnn_cli.sources import SourceItem, source_stamp
-from mrcnn_cli.video.job import process_video
+from mrcnn_cli.video.job import process_video, report_row
 from mrcnn_cli.writers import output_path
 from mrcnn_cli.writers.coco import assign_image_ids
 from mrcnn_cli.writers.crops import crops_folder, write_crops
@@ -248,12 +248,15 @@ def write_segment_report(
     class_names: tuple[str, ...],
     category_ids: tuple[int, ...],
     shard: ShardSpec | None = None,
+    videos: Sequence[Mapping[str, Any]] = (),
 ) -> list[FailedItem]:
-    """report.html (a shard's: report.shard-K-of-N.html) of a segment run, from the journal."""
+    """report.html (a shard's: report.shard-K-of-N.html) of a segment run, from the journal;
+    `videos`: the lines of the videos the run met (`video.job.report_row`)."""
     run = ReportRun("segment", cfg.out, cfg.inputs, cfg.model.model,
                     report_settings(cfg.model, batch_size), cfg.save)  # fmt: skip
     path = cfg.out / shard_file_name(REPORT_FILE, shard)
-    return write_run_report(path, run, summary, journal, rels, digest, class_names, category_ids)
+    return write_run_report(path, run, summary, journal, rels, digest, class_names, category_ids,
+                            videos)  # fmt: skip
 
 
 def run_segment(
@@ -311,10 +314,13 @@ def _segment(
             tally.fail(item)
 
         _run(cfg, segmenter, batch_size, items, todo, writer, tally, fail)
+        video_rows = []  # for the report
         if videos:  # frames go through the same Segmenter; outputs as `mrcnn video` writes them
             video_cfg = cfg.video_config()
             for video in videos:
-                process_video(video, video_cfg, segmenter, batch_size).count_in(tally)
+                outcome = process_video(video, video_cfg, segmenter, batch_size)
+                outcome.count_in(tally)
+                video_rows.append(report_row(video, outcome, video_cfg))
 
         rels = [it.rel for it in items]
         names, ids = segmenter.class_names, segmenter.category_ids
@@ -323,7 +329,7 @@ def _segment(
             tally.fail(failed)
         if "report" in cfg.save:  # last: it shows the other files' failures too
             for failed in write_segment_report(cfg, batch_size, tally.summary(), journal, rels,
-                                               digest, names, ids, shard):  # fmt: skip
+                                               digest, names, ids, shard, video_rows):  # fmt: skip
                 tally.fail(failed)
         return close_with_failures(tally, cfg.out, shard_file_name(FAILURES_FILE, shard))
 

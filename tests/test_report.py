@@ -311,3 +311,17 @@ def test_scores_that_are_not_numbers_in_range_count_as_zero_or_one():
     table = image_table([ImageRecord("a.png", "a.png", 1, 8, 8, results, "x")], ("bg", "x"), (0, 1))
     html = render_report(report_document(ReportRun("segment", Path("o")), summary(), table))
     assert page_data(html)["images"]["det_score"] == [1000, 0, 0]  # valid JSON: no NaN
+
+
+def test_segment_report_lists_the_videos_it_met_beside_the_images(demo, images, tmp_path):
+    from test_video import make_clip
+
+    make_clip(images / "clip.mp4", frames=2)
+    out = tmp_path / "out"
+    s = run(demo, [images], out, ["overlay", "report"])
+    assert s.processed == 7  # six images and the video
+    data = page_data((out / REPORT_FILE).read_text(encoding="utf-8"))
+    assert len(data["images"]["names"]) == 6
+    assert [(v["name"], v["status"], v["frames"], v["href"]) for v in data["videos"]] == [
+        ("clip.mp4", "done", 2, "clip.mp4")
+    ]

@@ -227,7 +227,7 @@ def _run_videos(
                 tally.skip(info.expected_frames(window))
             if outcome.failure is not None:
                 tally.fail(outcome.failure)
-            rows.append(_outcome_row(item, outcome, cfg, info.expected_frames(window)))
+            rows.append(report_row(item, outcome, cfg, info.expected_frames(window)))
         if "report" in cfg.save:
             run = ReportRun("video", cfg.out, cfg.inputs, cfg.model.model,
                             report_settings(cfg.model, batch_size), cfg.save)  # fmt: skip
@@ -237,9 +237,10 @@ def _run_videos(
         return close_with_failures(tally, cfg.out)
 
 
-def _outcome_row(
-    item: SourceItem, outcome: VideoOutcome, cfg: VideoConfig, expected: int
+def report_row(
+    item: SourceItem, outcome: VideoOutcome, cfg: VideoConfig, expected: int | None = None
 ) -> dict[str, Any]:
+    """The video's line in report.html; `expected`: its frame count when it was skipped."""
     href = url_stem(item.rel) + VIDEO_SUFFIX if "video" in cfg.save else None
     if outcome.skipped:
         return video_row(item.rel, href, "done before", expected)

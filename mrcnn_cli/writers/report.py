@@ -235,6 +235,7 @@ def write_run_report(
     digest: str | None,
     class_names: Sequence[str],
     category_ids: Sequence[int],
+    videos: Sequence[Mapping[str, Any]] = (),
 ) -> list[FailedItem]:
     """The report of an image run, from the journal's records in input order."""
     try:
@@ -243,7 +244,7 @@ def write_run_report(
         return [FailedItem(path, f"cannot write: {os_error_reason(exc)}")]
     except (ValueError, TypeError) as exc:  # a record we cannot show: the run still ends
         return [FailedItem(path, f"cannot build the report: {display_name(str(exc))}")]
-    return write_report(path, report_document(run, summary, table))
+    return write_report(path, report_document(run, summary, table, videos))
 
 
 def video_row(
