@@ -24,7 +24,7 @@ from mrcnn_cli.config import DEFAULT_CRF, ModelConfig
 SAVE_HELP = (
     "Comma-separated: video (annotated <stem>.mp4), masks (masks/<stem>/<frame>.png, "
     "16-bit instance ids), coco (<stem>.predictions.json + <stem>.images.json, one image "
-    "per frame)."
+    "per frame), report (report.html: the run, its failures and a table of the videos)."
 )
 
 
