@@ -413,3 +413,35 @@ def test_eval_report_shows_the_coco_table_and_its_pictures_load(browser, tmp_pat
         == "none"
     )
     assert browser.errors() == []
+
+
+def test_thumbnails_of_odd_names_load(browser, tmp_path):
+    """Names the page must percent-encode (`#`, `?`, `%`, spaces) or cannot spell (not
+    UTF-8: the URL then comes from the name's bytes)."""
+    from mrcnn_cli.engine import run_segment
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = (EXAMPLES / "000001.png").read_bytes()
+    (folder / "odd #1?%25 x.png").write_bytes(source)
+    (Path(os.fsdecode(bytes(folder) + b"/caf\xe9.png"))).write_bytes(source)
+    out = tmp_path / "out"
+    cfg = SegmentConfig(inputs=(str(folder),), out=out, model=ModelConfig("demo", device="cpu"),
+                        save=("overlay", "report"))  # fmt: skip
+    assert run_segment(cfg).processed == 2
+    browser.events.clear()
+    browser.open((out / REPORT_FILE).as_uri())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        loaded = browser.eval(
+            "[...document.querySelectorAll('#gallery img')].map(i => i.naturalWidth)"
+        )
+        if len(loaded) == 2 and all(loaded):
+            break
+        time.sleep(0.1)
+    assert len(loaded) == 2 and all(loaded), loaded
+    names = browser.eval(
+        "[...document.querySelectorAll('#gallery .card')].map(c => c.dataset.name)"
+    )
+    assert sorted(names) == ["caf\\xe9.png", "odd #1?%25 x.png"]
+    assert browser.errors() == []
