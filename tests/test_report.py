@@ -325,3 +325,11 @@ def test_segment_report_lists_the_videos_it_met_beside_the_images(demo, images, 
     assert [(v["name"], v["status"], v["frames"], v["href"]) for v in data["videos"]] == [
         ("clip.mp4", "done", 2, "clip.mp4")
     ]
+
+
+def test_data_json_cannot_hold_is_one_failure(tmp_path):
+    from mrcnn_cli.writers.report import write_report
+
+    failed = write_report(tmp_path / REPORT_FILE, {"eval": {"AP": float("nan")}})
+    assert [f.reason.startswith("cannot build the report") for f in failed] == [True]
+    assert not (tmp_path / REPORT_FILE).exists()

@@ -218,9 +218,14 @@ def render_report(document: Mapping[str, Any]) -> str:
 
 
 def write_report(path: Path, document: Mapping[str, Any]) -> list[FailedItem]:
-    """Write the page atomically; a file system problem comes back as a failure."""
+    """Write the page atomically; a file system problem (or data JSON cannot hold, such
+    as NaN) comes back as a failure."""
     try:
-        write_text(path, render_report(document))
+        page = render_report(document)
+    except (ValueError, TypeError) as exc:
+        return [FailedItem(path, f"cannot build the report: {display_name(str(exc))}")]
+    try:
+        write_text(path, page)
     except OSError as exc:
         return [FailedItem(path, f"cannot write: {os_error_reason(exc)}")]
     return []
