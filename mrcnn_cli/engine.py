@@ -44,7 +44,7 @@ from mrcnn_cli.writers.coco import assign_image_ids
 from mrcnn_cli.writers.crops import crops_folder, write_crops
 from mrcnn_cli.writers.labelme import labelme_path, write_labelme
 from mrcnn_cli.writers.masks import write_masks
-from mrcnn_cli.writers.overlay import annotate, encode_jpeg, overlay_path
+from mrcnn_cli.writers.overlay import annotate, encode_jpeg, overlay_path, write_overlay
 from mrcnn_cli.writers.report import REPORT_FILE, ReportRun, report_settings, write_run_report
 from mrcnn_cli.writers.run_files import write_run_files
 from mrcnn_cli.writers.thumbs import THUMBS_DIR, thumb_path, write_thumbnail
@@ -146,12 +146,16 @@ class ImageWriter:
         item, image = decoded.item, decoded.image
         h, w = image.shape[:2]
         out, save = self.cfg.out, self.cfg.save
-        if "overlay" in save or "report" in save:  # drawn once for both
+        drawn = None
+        if "report" in save:  # the overlay is drawn once for the thumbnail and its file
             drawn = annotate(image, dets, self.cfg.overlay_style)
-            if "overlay" in save:
-                write_bytes(overlay_path(out, item.rel), encode_jpeg(drawn))
-            if "report" in save:
-                write_thumbnail(out, item.rel, drawn)
+            write_thumbnail(out, item.rel, drawn)
+        if "overlay" in save:
+            path = overlay_path(out, item.rel)
+            if drawn is None:
+                write_overlay(path, image, dets, self.cfg.overlay_style)
+            else:
+                write_bytes(path, encode_jpeg(drawn))  # the bytes write_overlay writes
         if "report" not in save and self.stale_thumbs:  # a later report must not show it
             thumb_path(out, item.rel).unlink(missing_ok=True)
         if "masks" in save:

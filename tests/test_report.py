@@ -333,3 +333,10 @@ def test_data_json_cannot_hold_is_one_failure(tmp_path):
     failed = write_report(tmp_path / REPORT_FILE, {"eval": {"AP": float("nan")}})
     assert [f.reason.startswith("cannot build the report") for f in failed] == [True]
     assert not (tmp_path / REPORT_FILE).exists()
+
+
+def test_overlays_are_the_same_bytes_with_and_without_the_report(demo, images, tmp_path):
+    run(demo, [images], tmp_path / "a", ["overlay"])
+    run(demo, [images], tmp_path / "b", ["overlay", "report"])
+    for overlay in sorted((tmp_path / "a" / "overlays").glob("*.jpg")):
+        assert overlay.read_bytes() == (tmp_path / "b" / "overlays" / overlay.name).read_bytes()
