@@ -18,8 +18,14 @@ from mrcnn_cli.errors import MrcnnError
 DEFAULT_MAX_PIXELS = 178_956_970
 DEFAULT_MODEL = "maskrcnn_resnet50_fpn"
 
-IMAGE_SAVE_KINDS = ("overlay", "masks", "coco", "yolo", "labelme", "cvat", "csv", "crops")
-VIDEO_SAVE_KINDS = ("video", "masks", "coco", "mot")
+IMAGE_SAVE_KINDS = (
+    "overlay", "masks", "coco", "yolo", "labelme", "cvat", "csv", "crops", "report"
+)  # fmt: skip
+VIDEO_SAVE_KINDS = ("video", "masks", "coco", "mot", "report")
+# Kinds that change no per-image or per-video file: left out of the settings hash, so
+# adding or dropping them redoes nothing (a missing thumbnail redoes its image: see
+# engine.outputs_exist).
+RUN_LEVEL_KINDS = frozenset({"report"})
 IOU_TYPES = ("bbox", "segm")
 ROI_OPS = ("align", "pool")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -114,6 +120,11 @@ def _check_batch_size(batch_size: int | None) -> None:
         raise MrcnnError("--batch-size must be at least 1")
 
 
+def output_kinds(save: tuple[str, ...]) -> list[str]:
+    """The --save kinds that change per-item files, sorted (what the settings hash sees)."""
+    return sorted(k for k in save if k not in RUN_LEVEL_KINDS)
+
+
 def _check_save(save: tuple[str, ...], allowed: tuple[str, ...]) -> None:
     if not save or set(save) - set(allowed):
         raise MrcnnError(f"--save takes a comma-separated subset of {', '.join(allowed)}")
@@ -149,7 +160,7 @@ class SegmentConfig:
         """What changes an image's outputs (model files are fingerprinted by the caller)."""
         return {
             "model": self.model.output_settings(),
-            "save": sorted(self.save),
+            "save": output_kinds(self.save),
             "mask_format": self.mask_format,
             "style": asdict(self.overlay_style),
         }
@@ -257,7 +268,7 @@ class VideoConfig:
             "start": self.start,
             "end": self.end,
             "max_frames": self.max_frames,
-            "save": sorted(self.save),
+            "save": output_kinds(self.save),
             "codec": self.codec,
             "crf": self.crf,
             "style": asdict(self.overlay_style),

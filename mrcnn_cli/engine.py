@@ -11,7 +11,7 @@ files. Both queues are bounded: memory stays flat however many images there are.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mrcnn_cli.atomic import write_bytes
 from mrcnn_cli.config import SegmentConfig
 from mrcnn_cli.decode import decode_image_safe
 from mrcnn_cli.detections import Detections
@@ -37,14 +38,16 @@ from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
 from mrcnn_cli.runs import PreparedRun, model_fingerprint, prepared_run
 from mrcnn_cli.segmenter import ImageError, Segmenter
 from mrcnn_cli.sources import SourceItem, source_stamp
-from mrcnn_cli.video.job import process_video
+from mrcnn_cli.video.job import process_video, report_row
 from mrcnn_cli.writers import output_path
 from mrcnn_cli.writers.coco import assign_image_ids
 from mrcnn_cli.writers.crops import crops_folder, write_crops
 from mrcnn_cli.writers.labelme import labelme_path, write_labelme
 from mrcnn_cli.writers.masks import write_masks
-from mrcnn_cli.writers.overlay import overlay_path, write_overlay
+from mrcnn_cli.writers.overlay import annotate, encode_jpeg, overlay_path, write_overlay
+from mrcnn_cli.writers.report import REPORT_FILE, ReportRun, report_settings, write_run_report
 from mrcnn_cli.writers.run_files import write_run_files
+from mrcnn_cli.writers.thumbs import THUMBS_DIR, thumb_path, write_thumbnail
 from mrcnn_cli.writers.yolo import write_yolo_labels, yolo_label_path
 
 
@@ -135,13 +138,26 @@ class ImageWriter:
         self, cfg: SegmentConfig, journal: Journal, digest: str, image_ids: dict[str, int]
     ) -> None:
         self.cfg, self.journal, self.digest, self.image_ids = cfg, journal, digest, image_ids
+        # Thumbnails are not in the settings hash: one left by an earlier run with
+        # `report` would outlive a redo without it.
+        self.stale_thumbs = "report" not in cfg.save and (cfg.out / THUMBS_DIR).is_dir()
 
     def __call__(self, decoded: Decoded, dets: Detections) -> int:
         item, image = decoded.item, decoded.image
         h, w = image.shape[:2]
         out, save = self.cfg.out, self.cfg.save
+        drawn = None
+        if "report" in save:  # the overlay is drawn once for the thumbnail and its file
+            drawn = annotate(image, dets, self.cfg.overlay_style)
+            write_thumbnail(out, item.rel, drawn)
         if "overlay" in save:
-            write_overlay(overlay_path(out, item.rel), image, dets, self.cfg.overlay_style)
+            path = overlay_path(out, item.rel)
+            if drawn is None:
+                write_overlay(path, image, dets, self.cfg.overlay_style)
+            else:
+                write_bytes(path, encode_jpeg(drawn))  # the bytes write_overlay writes
+        if "report" not in save and self.stale_thumbs:  # a later report must not show it
+            thumb_path(out, item.rel).unlink(missing_ok=True)
         if "masks" in save:
             write_masks(out, item.rel, dets, h, w, self.cfg.mask_format)
         if "yolo" in save:
@@ -179,6 +195,8 @@ def outputs_exist(cfg: SegmentConfig, rel: PurePosixPath, detections: int) -> bo
         files.append(yolo_label_path(out, rel))
     if "labelme" in save:
         files.append(labelme_path(out, rel))
+    if "report" in save:
+        files.append(thumb_path(out, rel))
     folders = []
     if detections:
         if "masks" in save and cfg.mask_format == "binary":
@@ -222,6 +240,27 @@ def images_to_do(
         else:
             todo.append(it)
     return todo
+
+
+def write_segment_report(
+    cfg: SegmentConfig,
+    batch_size: int,
+    summary: RunSummary,
+    journal: Journal,
+    rels: Sequence[PurePosixPath],
+    digest: str,
+    class_names: tuple[str, ...],
+    category_ids: tuple[int, ...],
+    shard: ShardSpec | None = None,
+    videos: Sequence[Mapping[str, Any]] = (),
+) -> list[FailedItem]:
+    """report.html (a shard's: report.shard-K-of-N.html) of a segment run, from the journal;
+    `videos`: the lines of the videos the run met (`video.job.report_row`)."""
+    run = ReportRun("segment", cfg.out, cfg.inputs, cfg.model.model,
+                    report_settings(cfg.model, batch_size), cfg.save)  # fmt: skip
+    path = cfg.out / shard_file_name(REPORT_FILE, shard)
+    return write_run_report(path, run, summary, journal, rels, digest, class_names, category_ids,
+                            videos)  # fmt: skip
 
 
 def run_segment(
@@ -279,16 +318,23 @@ def _segment(
             tally.fail(item)
 
         _run(cfg, segmenter, batch_size, items, todo, writer, tally, fail)
+        video_rows = []  # for the report
         if videos:  # frames go through the same Segmenter; outputs as `mrcnn video` writes them
             video_cfg = cfg.video_config()
             for video in videos:
-                process_video(video, video_cfg, segmenter, batch_size).count_in(tally)
+                outcome = process_video(video, video_cfg, segmenter, batch_size)
+                outcome.count_in(tally)
+                video_rows.append(report_row(video, outcome, video_cfg))
 
         rels = [it.rel for it in items]
         names, ids = segmenter.class_names, segmenter.category_ids
         for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
                                       names, ids, shard):  # fmt: skip
             tally.fail(failed)
+        if "report" in cfg.save:  # last: it shows the other files' failures too
+            for failed in write_segment_report(cfg, batch_size, tally.summary(), journal, rels,
+                                               digest, names, ids, shard, video_rows):  # fmt: skip
+                tally.fail(failed)
         return close_with_failures(tally, cfg.out, shard_file_name(FAILURES_FILE, shard))
 
 

@@ -469,6 +469,26 @@ class Journal:
             settings_hash=found.settings_hash,
         )
 
+    def records(
+        self, rels_in_order: Iterable[PurePosixPath | str], settings_hash: str | None = None
+    ) -> Iterator[ImageRecord]:
+        """The readable records of `rels_in_order` made under `settings_hash`, in order,
+        through one reader (`load` opens the segment file per call)."""
+        for found in self._iter_found(rels_in_order, settings_hash):
+            try:
+                results = found.parsed_results()
+            except (ValueError, TypeError):
+                continue
+            yield ImageRecord(
+                rel=found.rel,
+                source=found.source,
+                image_id=found.image_id,
+                width=found.width,
+                height=found.height,
+                results=results,
+                settings_hash=found.settings_hash,
+            )
+
     # --- writing ----------------------------------------------------------------------
     def _append(self, line: bytes) -> tuple[int, int]:
         """Append one line to this process's segment; (offset, segment index or -1)."""

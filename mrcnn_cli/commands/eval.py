@@ -178,7 +178,10 @@ def _print_problems(outcome, quiet: bool) -> None:
             err_console.print(f"  ... and {n - _SHOWN_MISSING} more (all in metrics.json)")
     if outcome.unwritten:
         return
-    err_console.print(f"wrote {escape(str(outcome.metrics_path))}"
+    from mrcnn_cli.writers.report import REPORT_FILE
+
+    report = outcome.metrics_path.parent / REPORT_FILE
+    err_console.print(f"wrote {escape(str(outcome.metrics_path))}, {escape(str(report))}"
                       + (f" and {len(outcome.files)} image(s)" if outcome.files else ""),
                       highlight=False, soft_wrap=True)  # fmt: skip
 

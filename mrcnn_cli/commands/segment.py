@@ -42,7 +42,8 @@ def segment_command(
             "--save",
             help="Comma-separated: overlay, masks, coco (predictions.json), yolo (YOLO-seg "
             "labels), labelme (JSON per image), cvat (cvat.xml), csv (objects.csv), crops "
-            "(RGBA cut-outs).",
+            "(RGBA cut-outs), report (report.html: counts, failures, classes, a gallery of "
+            "thumbnails).",
         ),
     ] = "overlay,coco",
     mask_format: Annotated[

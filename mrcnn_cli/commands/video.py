@@ -29,7 +29,7 @@ SAVE_HELP = (
     "Comma-separated: video (annotated <stem>.mp4), masks (masks/<stem>/<frame>.png, "
     "16-bit instance ids), coco (<stem>.predictions.json + <stem>.images.json, one image "
     "per frame), mot (<stem>.mot.txt, MOTChallenge: frame,id,x,y,w,h,score,-1,-1,-1; needs "
-    "--track)."
+    "--track), report (report.html: the run, its failures and a table of the videos)."
 )
 
 

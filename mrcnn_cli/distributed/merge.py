@@ -32,6 +32,8 @@ from mrcnn_cli.journal import (
     Journal,
     write_failures,
 )
+from mrcnn_cli.progress import RunSummary
+from mrcnn_cli.writers.report import REPORT_FILE, ReportRun, write_run_report
 from mrcnn_cli.writers.run_files import IMAGES_FILE, PREDICTIONS_FILE, write_run_files
 
 
@@ -96,15 +98,46 @@ def merge_shards(folders: Sequence[Path], out: Path, move: bool = False) -> Merg
     journal = Journal(out)
     counts = journal.write_coco(out / PREDICTIONS_FILE, out / IMAGES_FILE, rels, settings, ids)
     summary.images, summary.detections = counts.images, counts.detections
-    others = [k for k in manifest.save if k != "coco"]  # objects.csv, cvat.xml, data.yaml
+    others = [k for k in manifest.save if k not in ("coco", "report")]  # csv, cvat, yaml
     if others and manifest.class_names:
         failed += write_run_files(out, others, journal, rels, settings, ids,
                                   manifest.class_names, manifest.category_ids)  # fmt: skip
+    if "report" in manifest.save:  # from the merged journal, like the files above
+        failed += _write_report(out, folders, manifest, journal, rels, ids, summary, failed, start)
     problem = write_failures(out, failed)
     if problem is not None:
         failed.append(problem)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _write_report(
+    out: Path,
+    folders: Sequence[Path],
+    manifest: ShardManifest,
+    journal: Journal,
+    rels: list[str],
+    ids: dict[str, int],
+    merged: MergeSummary,
+    failed: list[FailedItem],
+    start: float,
+) -> list[FailedItem]:
+    """report.html of the whole job: the merged images, every shard's failures."""
+    count = manifest.shard.count
+    settings = {"shards": count, "settings_hash": manifest.settings_hash}
+    run = ReportRun("merge", out, [str(f) for f in folders], save=manifest.save,
+                    settings=settings)  # fmt: skip
+    totals = RunSummary(
+        total=merged.images + len(failed),
+        processed=merged.images,
+        skipped=0,
+        failed=list(failed),
+        detections=merged.detections,
+        seconds=time.perf_counter() - start,
+    )
+    return write_run_report(out / REPORT_FILE, run, totals, journal, rels,
+                            manifest.settings_hash, manifest.class_names,
+                            manifest.category_ids)  # fmt: skip
 
 
 # --- checks ------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from mrcnn_cli.engine import (
     batch_groups,
     images_to_do,
     output_settings,
+    write_segment_report,
 )
 from mrcnn_cli.errors import FailedItem, MrcnnError
 from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
@@ -229,11 +230,16 @@ def _drive(
             finally:
                 results.close()  # stop the dataset now (Ctrl-C, an error), before ray.shutdown
         journal.refresh(segments)  # what the workers appended
-        names, ids = _class_tables(cfg) if NAMED_CLASS_KINDS & set(cfg.save) else ((), ())
+        named = NAMED_CLASS_KINDS | {"report"}
+        names, ids = _class_tables(cfg) if named & set(cfg.save) else ((), ())
         rels = [it.rel for it in items]
         for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
                                       names, ids):  # fmt: skip
             tally.fail(failed)
+        if "report" in cfg.save:
+            for failed in write_segment_report(cfg, plan.batch_size, tally.summary(), journal,
+                                               rels, digest, names, ids):  # fmt: skip
+                tally.fail(failed)
         return close_with_failures(tally, cfg.out)
 
 

@@ -26,6 +26,7 @@ from mrcnn_cli.evaluation.coco_io import (
 )
 from mrcnn_cli.evaluation.metrics import TypeResult, evaluate_type, image_scores, worst_images
 from mrcnn_cli.evaluation.report import plot_pr_curves, primary_type, type_to_dict
+from mrcnn_cli.evaluation.report_page import write_eval_report
 from mrcnn_cli.names import os_error_reason
 from mrcnn_cli.progress import ProgressListener
 from mrcnn_cli.writers.run_files import PREDICTIONS_FILE
@@ -199,6 +200,8 @@ def run_eval(
         write_json(metrics_path, document, indent=2)
     except OSError as exc:
         unwritten.append(FailedItem(metrics_path, f"cannot write: {os_error_reason(exc)}"))
+    seconds = time.perf_counter() - started
+    unwritten += write_eval_report(cfg, document, [*missing, *unwritten], seconds)
     return EvalOutcome(
         gt, results, skipped, notes, missing, document, metrics_path, files, unwritten
     )

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import av
 
@@ -27,9 +28,19 @@ from mrcnn_cli.sources import SourceItem
 from mrcnn_cli.tracking import TRACKS_CSV_HEADER
 from mrcnn_cli.video.encoder import pick_encoder
 from mrcnn_cli.video.keyframes import predict_frames
-from mrcnn_cli.video.paths import VideoPaths, remove_stale_masks
+from mrcnn_cli.video.paths import VIDEO_SUFFIX, VideoPaths, remove_stale_masks
 from mrcnn_cli.video.reader import DecodeReport, FrameReader, FrameWindow, VideoInfo, probe_video
 from mrcnn_cli.video.sink import FrameSink, coco_stream
+from mrcnn_cli.writers.report import (
+    REPORT_FILE,
+    ImageTable,
+    ReportRun,
+    report_document,
+    report_settings,
+    url_stem,
+    video_row,
+    write_report,
+)
 
 OnFrames = Callable[[int, int], None]  # (frames done now, detections in them)
 
@@ -231,12 +242,14 @@ def _run_videos(
         1 if isinstance(info, FailedItem) else info.expected_frames(window) for _, info in probed
     )
 
+    rows: list[dict[str, Any]] = []  # for the report: one per video
     with Tally(total, unit="frames", description="video", listener=progress) as tally:
         for failed in failures:
             tally.fail(failed)
         for item, info in probed:
             if isinstance(info, FailedItem):
                 tally.fail(info)
+                rows.append(video_row(item.rel, None, "failed: " + info.display_reason))
                 continue
             outcome = process_video(item, cfg, segmenter, batch_size, tally.advance, info)
             if outcome.skipped:
@@ -244,4 +257,23 @@ def _run_videos(
             tally.add_tracks(outcome.tracks)
             if outcome.failure is not None:
                 tally.fail(outcome.failure)
+            rows.append(report_row(item, outcome, cfg, info.expected_frames(window)))
+        if "report" in cfg.save:
+            run = ReportRun("video", cfg.out, cfg.inputs, cfg.model.model,
+                            report_settings(cfg.model, batch_size), cfg.save)  # fmt: skip
+            document = report_document(run, tally.summary(), ImageTable((), ()), rows)
+            for failed in write_report(cfg.out / REPORT_FILE, document):
+                tally.fail(failed)
         return close_with_failures(tally, cfg.out)
+
+
+def report_row(
+    item: SourceItem, outcome: VideoOutcome, cfg: VideoConfig, expected: int | None = None
+) -> dict[str, Any]:
+    """The video's line in report.html; `expected`: its frame count when it was skipped."""
+    href = url_stem(item.rel) + VIDEO_SUFFIX if "video" in cfg.save else None
+    if outcome.skipped:
+        return video_row(item.rel, href, "done before", expected)
+    status = "done" if outcome.failure is None else "failed: " + outcome.failure.display_reason
+    href = href if outcome.frames > 0 else None
+    return video_row(item.rel, href, status, outcome.frames, outcome.detections)
