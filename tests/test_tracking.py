@@ -257,3 +257,15 @@ def test_a_moving_object_is_rendered_where_its_ground_truth_says():
     clip = render_clip([MovingObject(2, 30.0, (40.0, 40.0), (2.0, 0.0))], 5, 128, seed=0)
     boxes = [truth[0][2] for truth in clip.truth]
     assert [b[0] - boxes[0][0] for b in boxes] == [0, 2, 4, 6, 8]
+
+
+def test_the_report_lists_each_videos_tracks_and_links_its_tracks_file(clip_files, tmp_path):
+    from test_report import page_data
+
+    out = tmp_path / "out"
+    args = ["video", clip_files[0], "--model", "demo", "--out", out, "--track", "--save",
+            "mot,report", "--json"]  # fmt: skip
+    summary = json_summary(invoke_cli(args))
+    (row,) = page_data((out / "report.html").read_text(encoding="utf-8"))["videos"]
+    assert row["tracks"] == summary["tracks"] and row["tracks_href"] == "moving.tracks.csv"
+    assert (out / row["tracks_href"]).is_file()

@@ -28,7 +28,7 @@ from mrcnn_cli.sources import SourceItem
 from mrcnn_cli.tracking import TRACKS_CSV_HEADER
 from mrcnn_cli.video.encoder import pick_encoder
 from mrcnn_cli.video.keyframes import predict_frames
-from mrcnn_cli.video.paths import VIDEO_SUFFIX, VideoPaths, remove_stale_masks
+from mrcnn_cli.video.paths import TRACKS_SUFFIX, VIDEO_SUFFIX, VideoPaths, remove_stale_masks
 from mrcnn_cli.video.reader import DecodeReport, FrameReader, FrameWindow, VideoInfo, probe_video
 from mrcnn_cli.video.sink import FrameSink, coco_stream
 from mrcnn_cli.writers.report import (
@@ -276,4 +276,6 @@ def report_row(
         return video_row(item.rel, href, "done before", expected)
     status = "done" if outcome.failure is None else "failed: " + outcome.failure.display_reason
     href = href if outcome.frames > 0 else None
-    return video_row(item.rel, href, status, outcome.frames, outcome.detections)
+    tracks_href = url_stem(item.rel) + TRACKS_SUFFIX if cfg.track is not None else None
+    return video_row(item.rel, href, status, outcome.frames, outcome.detections,
+                     outcome.tracks if cfg.track is not None else None, tracks_href)  # fmt: skip

@@ -258,10 +258,13 @@ def video_row(
     status: str,
     frames: int | None = None,
     detections: int | None = None,
+    tracks: dict[str, int] | None = None,
+    tracks_href: str | None = None,
 ) -> dict[str, Any]:
-    """One line of the report's video table; `href`: the annotated video, if written."""
+    """One line of the report's video table; `href`: the annotated video, if written;
+    `tracks`: tracks per class with --track, `tracks_href` its tracks.csv."""
     return {"name": display_name(rel), "href": href, "status": status, "frames": frames,
-            "detections": detections}  # fmt: skip
+            "detections": detections, "tracks": tracks, "tracks_href": tracks_href}  # fmt: skip
 
 
 def report_settings(model: ModelConfig, batch_size: int | None) -> dict[str, Any]:
