@@ -455,9 +455,9 @@ def drawn_labels(monkeypatch) -> list[str]:
     names: list[str] = []
     real = overlay.label_text
 
-    def record(name: str, score: float) -> str:
+    def record(name: str, score: float, track_id: int = -1) -> str:
         names.append(name)
-        return real(name, score)
+        return real(name, score, track_id)
 
     monkeypatch.setattr(overlay, "label_text", record)
     return names
