@@ -300,6 +300,15 @@ class _Found:
     body: bytes | None  # the results list as JSON text, entries already carrying image_id
     results: list[dict[str, Any]] | None
 
+    def record(self) -> ImageRecord | None:
+        """The record this line holds, or None if its results cannot be parsed."""
+        try:
+            results = self.parsed_results()
+        except (ValueError, TypeError):
+            return None
+        return ImageRecord(self.rel, self.source, self.image_id, self.width, self.height,
+                           results, self.settings_hash)  # fmt: skip
+
     def parsed_results(self) -> list[dict[str, Any]]:
         """The results as dicts; raises ValueError or TypeError if they are malformed."""
         if self.results is not None:
@@ -453,21 +462,7 @@ class Journal:
     def load(self, rel: PurePosixPath | str) -> ImageRecord | None:
         """The image's record, or None if there is none or it cannot be read (redo it)."""
         found = next(self._iter_found([rel], None), None)
-        if found is None:
-            return None
-        try:
-            results = found.parsed_results()
-        except (ValueError, TypeError):
-            return None
-        return ImageRecord(
-            rel=found.rel,
-            source=found.source,
-            image_id=found.image_id,
-            width=found.width,
-            height=found.height,
-            results=results,
-            settings_hash=found.settings_hash,
-        )
+        return None if found is None else found.record()
 
     def records(
         self, rels_in_order: Iterable[PurePosixPath | str], settings_hash: str | None = None
@@ -475,19 +470,9 @@ class Journal:
         """The readable records of `rels_in_order` made under `settings_hash`, in order,
         through one reader (`load` opens the segment file per call)."""
         for found in self._iter_found(rels_in_order, settings_hash):
-            try:
-                results = found.parsed_results()
-            except (ValueError, TypeError):
-                continue
-            yield ImageRecord(
-                rel=found.rel,
-                source=found.source,
-                image_id=found.image_id,
-                width=found.width,
-                height=found.height,
-                results=results,
-                settings_hash=found.settings_hash,
-            )
+            record = found.record()
+            if record is not None:
+                yield record
 
     # --- writing ----------------------------------------------------------------------
     def _append(self, line: bytes) -> tuple[int, int]:
