@@ -9,13 +9,16 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from mrcnn_cli.box_masks import BoxMasks
+
 
 @dataclass
 class Detections:
     """Instances found in one image, in the image's own pixel coordinates.
 
     boxes: float32 [N, 4] xyxy; scores: float32 [N]; labels: int64 [N] model label
-    indices (index into `class_names`); masks: bool [N, H, W] or None;
+    indices (index into `class_names`); masks: `BoxMasks` (each mask kept inside its
+    box; pass a bool [N, H, W] array and it is cut to boxes) or None;
     class_names / category_ids: per label index (category_ids are COCO ids);
     track_ids: int64 [N] or None, set by a `Tracker` (-1: not (yet) a confirmed track).
     Filter with a boolean or integer index: `dets[dets.scores > 0.5]`.
@@ -27,7 +30,7 @@ class Detections:
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
-    masks: np.ndarray | None
+    masks: BoxMasks | None
     class_names: tuple[str, ...]
     category_ids: tuple[int, ...]
     track_ids: np.ndarray | None = None
@@ -47,8 +50,12 @@ class Detections:
             if len(self.track_ids) != n:
                 raise ValueError(f"track_ids must have {n} entries, got {len(self.track_ids)}")
         if self.masks is not None:
-            self.masks = np.asarray(self.masks, dtype=bool)
-            if self.masks.ndim != 3 or len(self.masks) != n:
+            if not isinstance(self.masks, BoxMasks):
+                dense = np.asarray(self.masks, dtype=bool)
+                if dense.ndim != 3:
+                    raise ValueError(f"masks must be [N, H, W] with N={n}, got {dense.shape}")
+                self.masks = BoxMasks.from_dense(dense)
+            if len(self.masks) != n:
                 raise ValueError(f"masks must be [N, H, W] with N={n}, got {self.masks.shape}")
 
     def __len__(self) -> int:
@@ -90,7 +97,8 @@ class Detections:
                 "score": round(float(self.scores[i]), 5),
             }
             if self.masks is not None:
-                entry["segmentation"] = encode_rle(self.masks[i], self.boxes[i])
+                crop, x0, y0 = self.masks.crop(i)
+                entry["segmentation"] = encode_crop_rle(crop, x0, y0, *self.masks.shape[1:])
             if self.track_ids is not None:
                 entry["track_id"] = int(self.track_ids[i])
             results.append(entry)
@@ -136,7 +144,7 @@ class Detections:
             boxes=np.zeros((0, 4), np.float32),
             scores=np.zeros(0, np.float32),
             labels=np.zeros(0, np.int64),
-            masks=np.zeros((0, height, width), bool),
+            masks=BoxMasks.empty(height, width),
             class_names=class_names,
             category_ids=category_ids,
         )
@@ -163,16 +171,28 @@ def encode_rle(mask: np.ndarray, box: np.ndarray | None = None) -> dict[str, Any
     band = _column_band(mask, box)
     if band is None:
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    else:
-        x0, x1 = band
-        runs = _column_major_runs(mask[:, x0:x1])
-        runs[0] += x0 * height  # the columns left of the band: zeros
-        right = (width - x1) * height  # the columns right of the band: zeros
-        if len(runs) % 2:  # the band ends in zeros: they join that run
-            runs[-1] += right
-        elif right:
-            runs.append(right)
-        rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+        return {"size": [height, width], "counts": rle["counts"].decode()}
+    x0, x1 = band
+    return encode_crop_rle(mask[:, x0:x1], x0, 0, height, width)
+
+
+def encode_crop_rle(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict[str, Any]:
+    """COCO compressed RLE of a height x width mask that is zero outside `crop`, whose
+    top-left corner is (x0, y0): the same counts as encoding the full mask, at the cost
+    of the crop's columns."""
+    h, w = crop.shape
+    band = crop
+    if h != height:  # COCO runs go down whole columns: give the band the image's height
+        band = np.zeros((height, w), bool)
+        band[y0 : y0 + h] = crop
+    runs = _column_major_runs(band)
+    runs[0] += x0 * height  # the columns left of the band: zeros
+    right = (width - x0 - w) * height  # the columns right of the band: zeros
+    if len(runs) % 2:  # the band ends in zeros: they join that run
+        runs[-1] += right
+    elif right:
+        runs.append(right)
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
     return {"size": [height, width], "counts": rle["counts"].decode()}
 
 

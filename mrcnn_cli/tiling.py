@@ -22,8 +22,8 @@ Unmerged detections keep the model's box and mask. Then the best `max_det` by sc
 are kept.
 
 Memory: tiles are cut as views a batch at a time, each window's masks are cropped to
-their bounding boxes at once, and full-image masks are only built for the kept
-instances at the end.
+their bounding boxes at once, and the result keeps them as box-local crops
+(`BoxMasks`): no full-image mask is built.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mrcnn_cli.box_masks import BoxMasks
 from mrcnn_cli.detections import Detections
-from mrcnn_cli.writers.masks import mask_bbox
 
 Predict = Callable[[Sequence[np.ndarray]], list[Detections]]
 
@@ -118,12 +118,11 @@ def _pieces(dets: Detections, window: Window, source: int) -> Iterator[_Piece]:
         )
     shift = np.array([window.x0, window.y0, window.x0, window.y0], np.float32)
     for i in range(len(dets)):
-        mask = dets.masks[i]
-        roi = mask_bbox(mask)
+        roi = dets.masks.tight_region(i)
         if roi is None:
             crop, x0, y0 = np.zeros((0, 0), bool), window.x0, window.y0
         else:
-            crop = mask[roi].copy()  # the copy lets the tile's full masks be freed
+            crop = dets.masks.cut(i, *roi)
             x0, y0 = window.x0 + int(roi[1].start), window.y0 + int(roi[0].start)
         box = dets.boxes[i] + shift
         yield _Piece(source, window, int(dets.labels[i]), float(dets.scores[i]), box, x0, y0, crop)
@@ -271,10 +270,8 @@ def _to_detections(
     class_names: tuple[str, ...],
     category_ids: tuple[int, ...],
 ) -> Detections:
-    masks = np.zeros((len(pieces), height, width), bool)
-    for k, p in enumerate(pieces):
-        x0, y0, x1, y1 = p.bounds
-        masks[k, y0:y1, x0:x1] = p.mask
+    origins = np.array([(p.x0, p.y0) if p.mask.size else (0, 0) for p in pieces], np.int64)
+    masks = BoxMasks(tuple(p.mask for p in pieces), origins, height, width)
     return Detections(
         boxes=np.array([p.box for p in pieces], np.float32).reshape(-1, 4),
         scores=np.array([p.score for p in pieces], np.float32),

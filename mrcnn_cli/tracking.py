@@ -130,11 +130,7 @@ class TrackTable:
     def add(self, frame_index: int, time: float, dets: Detections) -> None:
         if dets.track_ids is None:
             return
-        areas = (
-            dets.masks.reshape(len(dets), -1).sum(axis=1)
-            if dets.masks is not None and len(dets)
-            else np.zeros(len(dets))
-        )
+        areas = dets.masks.areas() if dets.masks is not None else np.zeros(len(dets))
         for i, track_id in enumerate(dets.track_ids.tolist()):
             if track_id == UNTRACKED:
                 continue

@@ -68,7 +68,7 @@ def test_a_degenerate_box_still_gives_one_pixel() -> None:
 
 
 def test_without_masks_the_whole_box_is_opaque() -> None:
-    crop = instance_crop(gradient_image(), None, np.array([10.0, 5.0, 30.0, 15.0]))
+    crop = instance_crop(gradient_image(), np.array([10.0, 5.0, 30.0, 15.0]))
     assert crop.shape == (10, 20, 4) and (crop[..., 3] == 255).all()
 
 

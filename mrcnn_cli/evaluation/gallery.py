@@ -82,9 +82,7 @@ def enlarged(image: np.ndarray, dets: Detections) -> tuple[np.ndarray, Detection
         return image, dets
     factor = -(-ENLARGED_SIDE // side)  # ceiling division
     big = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
-    masks = None
-    if dets.masks is not None:
-        masks = np.repeat(np.repeat(dets.masks, factor, axis=1), factor, axis=2)
+    masks = None if dets.masks is None else dets.masks.scaled(factor)
     return big, replace(dets, boxes=dets.boxes * factor, masks=masks)
 
 

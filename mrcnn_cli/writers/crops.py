@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from mrcnn_cli.atomic import write_bytes
+from mrcnn_cli.box_masks import BoxMasks
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.writers import output_path
 from mrcnn_cli.writers.masks import binary_mask_names, remove_stale_instance_files
@@ -31,12 +32,18 @@ def crop_window(box: np.ndarray, height: int, width: int) -> tuple[slice, slice]
     return slice(top, bottom), slice(left, right)
 
 
-def instance_crop(image: np.ndarray, mask: np.ndarray | None, box: np.ndarray) -> np.ndarray:
-    """RGBA uint8 [h, w, 4]: the image inside the box, alpha 255 on the mask (or all, if None)."""
+def instance_crop(
+    image: np.ndarray, box: np.ndarray, masks: BoxMasks | None = None, index: int = 0
+) -> np.ndarray:
+    """RGBA uint8 [h, w, 4]: the image inside the box, alpha 255 on mask `index` of
+    `masks` (or everywhere, if None)."""
     rows, cols = crop_window(box, image.shape[0], image.shape[1])
     rgb = image[rows, cols]
-    alpha = np.full(rgb.shape[:2], 255, np.uint8) if mask is None else mask[rows, cols] * 255
-    return np.dstack([rgb, alpha.astype(np.uint8)])
+    if masks is None:
+        alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    else:
+        alpha = masks.cut(index, rows, cols).astype(np.uint8) * 255
+    return np.dstack([rgb, alpha])
 
 
 def _rgba_png(rgba: np.ndarray) -> bytes:
@@ -65,7 +72,6 @@ def write_crops(
     folder = crops_folder(out_dir, rel)
     paths = [folder / name for name in binary_mask_names(dets)]
     for i, path in enumerate(paths):
-        mask = None if dets.masks is None else dets.masks[i]
-        write_bytes(path, _rgba_png(instance_crop(image_rgb, mask, dets.boxes[i])))
+        write_bytes(path, _rgba_png(instance_crop(image_rgb, dets.boxes[i], dets.masks, i)))
     remove_stale_instance_files(folder, keep=set(paths))
     return paths

@@ -39,7 +39,7 @@ def object_rows(dets: Detections, rel: PurePosixPath | str, image_id: int) -> li
     boxes = xyxy_to_xywh(dets.boxes)
     names = dets.names
     category_ids = dets.coco_category_ids
-    areas = None if dets.masks is None else dets.masks.sum(axis=(1, 2))
+    areas = None if dets.masks is None else dets.masks.areas()
     image = str(PurePosixPath(rel))
     rows = []
     for i in range(len(dets)):

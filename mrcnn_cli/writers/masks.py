@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from mrcnn_cli.atomic import write_bytes
+from mrcnn_cli.box_masks import BoxMasks
 from mrcnn_cli.config import MASK_FORMATS, MaskFormat
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.writers import output_path
@@ -44,11 +45,11 @@ def paint_order(dets: Detections) -> np.ndarray:
     return priority[::-1]
 
 
-def _checked_masks(dets: Detections, height: int, width: int) -> np.ndarray:
+def _checked_masks(dets: Detections, height: int, width: int) -> BoxMasks:
     if dets.masks is None:
         if len(dets):
             raise ValueError("detections have no masks; mask output needs a mask model")
-        return np.zeros((0, height, width), bool)
+        return BoxMasks.empty(height, width)
     if dets.masks.shape[1:] != (height, width):
         raise ValueError(f"masks are {dets.masks.shape[1:]}, image is {(height, width)}")
     return dets.masks
@@ -62,9 +63,8 @@ def _value_map(dets: Detections, height: int, width: int, values: np.ndarray) ->
         raise ValueError(f"map values must be in 1..{_UINT16_MAX}, got {low}..{high}")
     out = np.zeros((height, width), np.uint16)
     for i in paint_order(dets):
-        roi = mask_bbox(masks[i])
-        if roi is not None:
-            out[roi][masks[i][roi]] = values[i]
+        rows, cols = masks.region(i)
+        out[rows, cols][masks.crops[i]] = values[i]
     return out
 
 

@@ -18,7 +18,7 @@ from mrcnn_cli.atomic import write_bytes
 from mrcnn_cli.config import OverlayStyle
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.writers import output_path
-from mrcnn_cli.writers.masks import mask_bbox, paint_order
+from mrcnn_cli.writers.masks import paint_order
 
 # Distinct, saturated RGB colours; a class keeps its colour across images and runs.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -76,15 +76,15 @@ def auto_font_scale(height: int, width: int) -> float:
 
 def _blend_masks(out: np.ndarray, dets: Detections, alpha: float, line_width: int) -> None:
     """Tint every mask and outline it, in place; the best-scoring instance ends on top."""
-    assert dets.masks is not None
+    masks = dets.masks
+    assert masks is not None
     for i in paint_order(dets):
-        mask = dets.masks[i]
-        roi = mask_bbox(mask)
+        roi = masks.tight_region(i)
         if roi is None:
             continue
         color = np.array(instance_color(dets, i), np.float32)
         region = out[roi]
-        inside = mask[roi]
+        inside = masks.cut(i, *roi)
         tinted = region[inside].astype(np.float32) * (1.0 - alpha) + color * alpha
         region[inside] = np.clip(tinted + 0.5, 0, 255).astype(np.uint8)
         contours, _ = cv2.findContours(

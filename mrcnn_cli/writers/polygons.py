@@ -37,12 +37,16 @@ _CHUNK = 1024  # rows per block when searching the closest pair of two outlines
 
 
 def mask_to_polygons(
-    mask: np.ndarray, epsilon: float = 0.0, min_area: float = 0.0
+    mask: np.ndarray,
+    epsilon: float = 0.0,
+    min_area: float = 0.0,
+    offset: tuple[int, int] = (0, 0),
 ) -> list[np.ndarray]:
     """int32 [K, 2] (x, y) outlines of the parts of a bool [H, W] mask, largest first.
 
     Only the mask's bounding box is traced, so a small instance in a big image is cheap.
-    Parts whose polygon area is <= `min_area` (or < 3 vertices) are dropped.
+    Parts whose polygon area is <= `min_area` (or < 3 vertices) are dropped. `offset`
+    (x, y) is added to every vertex: pass a box-local crop and its corner.
     """
     if mask.ndim != 2:
         raise ValueError(f"expected an [H, W] mask, got shape {mask.shape}")
@@ -53,7 +57,7 @@ def mask_to_polygons(
         np.ascontiguousarray(mask[roi], dtype=np.uint8),
         cv2.RETR_EXTERNAL,
         cv2.CHAIN_APPROX_SIMPLE,
-        offset=(int(roi[1].start), int(roi[0].start)),
+        offset=(int(roi[1].start) + offset[0], int(roi[0].start) + offset[1]),
     )
     parts: list[tuple[float, np.ndarray]] = []
     for contour in contours:
@@ -125,4 +129,5 @@ def instance_polygons(
     if len(dets) and dets.masks is None:
         raise ValueError(f"detections have no masks; {fmt} needs a mask model")
     for i in range(len(dets)):
-        yield i, mask_to_polygons(dets.masks[i], epsilon=epsilon)
+        crop, x0, y0 = dets.masks.crop(i)
+        yield i, mask_to_polygons(crop, epsilon=epsilon, offset=(x0, y0))
