@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import COCO_IMAGES, invoke_cli
+from helpers import COCO_IMAGES, EXAMPLES, invoke_cli, needs_coco
 
 from mrcnn_cli import Segmenter
 from mrcnn_cli.config import ModelConfig
@@ -34,6 +34,7 @@ from mrcnn_cli.models.openvino_cache import ENTRY_FILE, cache_root
 pytest.importorskip("openvino")
 
 IMAGE = COCO_IMAGES / "000000000139.jpg"  # 426 x 640
+EXAMPLE = EXAMPLES / "images" / "000001.png"  # in the repository: no shared data needed
 
 
 def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -96,7 +97,7 @@ def test_openvino_on_cuda_is_refused_and_auto_picks_torch_there():
 
 def test_an_unknown_backend_is_a_usage_error(tiny_checkpoint, tmp_path):
     result = invoke_cli(
-        ["segment", IMAGE, "--out", tmp_path / "o", "--model", tiny_checkpoint, "--backend", "tvm"]
+        ["segment", EXAMPLE, "--out", tmp_path / "o", "--model", tiny_checkpoint, "--backend", "tvm"]
     )
     assert result.exit_code == 2
     assert "--backend must be one of" in result.stderr
@@ -121,7 +122,7 @@ def test_explicit_openvino_that_cannot_load_is_a_one_line_error(
 ):
     monkeypatch.setitem(sys.modules, "openvino", None)
     out = tmp_path / "out"
-    args = ["segment", IMAGE, "--out", out, "--model", tiny_checkpoint, "--backend", "openvino"]
+    args = ["segment", EXAMPLE, "--out", out, "--model", tiny_checkpoint, "--backend", "openvino"]
     result = invoke_cli(args)
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
@@ -132,7 +133,7 @@ def test_the_backend_is_a_run_setting_so_switching_redoes_the_outputs(
     tiny_checkpoint, tmp_path, cache_dir
 ):
     out = tmp_path / "out"
-    base = ["segment", IMAGE, "--out", out, "--model", tiny_checkpoint, "--json"]
+    base = ["segment", EXAMPLE, "--out", out, "--model", tiny_checkpoint, "--json"]
     assert invoke_cli([*base, "--backend", "torch"]).exit_code == 0
     again = invoke_cli([*base, "--backend", "torch"])
     switched = invoke_cli([*base, "--backend", "openvino"])
@@ -145,7 +146,7 @@ def test_the_first_run_says_it_is_converting_and_the_second_does_not(
     tiny_checkpoint, tmp_path, cache_dir
 ):
     def run(name: str):
-        args = ["segment", IMAGE, "--out", tmp_path / name, "--model", tiny_checkpoint]
+        args = ["segment", EXAMPLE, "--out", tmp_path / name, "--model", tiny_checkpoint]
         return invoke_cli([*args, "--backend", "openvino"])
 
     first, second = run("a"), run("b")
@@ -278,6 +279,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.slow
+@needs_coco
 def test_r50_detections_match_torch_on_a_real_image():
     kw = dict(device="cpu", random_init_seed=7, score_thr=0.0, max_det=100)
     image = decode_image(IMAGE)
