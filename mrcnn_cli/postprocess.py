@@ -4,7 +4,8 @@ torchvision pastes every 28x28 mask into a full-image float canvas (N x H x W x 
 bytes: 4.8 GB at 4000x3000 with 100 detections). We filter first and paste each mask
 only into its own box region, kept as a box-local crop (`BoxMasks`), with the same
 arithmetic (1-pixel padding, box expanded by (M+2)/M and truncated to integers,
-bilinear resize, clip to the image), so the binary masks equal torchvision's `masks > threshold` pixel for pixel.
+bilinear resize, clip to the image), so the binary masks equal torchvision's
+`masks > threshold` pixel for pixel.
 """
 
 from __future__ import annotations

@@ -96,9 +96,8 @@ def test_openvino_on_cuda_is_refused_and_auto_picks_torch_there():
 
 
 def test_an_unknown_backend_is_a_usage_error(tiny_checkpoint, tmp_path):
-    result = invoke_cli(
-        ["segment", EXAMPLE, "--out", tmp_path / "o", "--model", tiny_checkpoint, "--backend", "tvm"]
-    )
+    args = ["segment", EXAMPLE, "--out", tmp_path / "o", "--model", tiny_checkpoint]
+    result = invoke_cli([*args, "--backend", "tvm"])
     assert result.exit_code == 2
     assert "--backend must be one of" in result.stderr
 
