@@ -298,7 +298,9 @@ class Segmenter:
             boxes, labels, out = boxes[keep], labels[keep], {k: v[keep] for k, v in out.items()}
         masks = None
         if "masks" in out:
-            masks = paste_masks(out["masks"][:, 0].float(), boxes, h, w, self.config.mask_thr)
+            probs = out["masks"][:, 0].float()
+            exact = self.backend == "torch"  # torchvision's own paste, bit for bit
+            masks = paste_masks(probs, boxes, h, w, self.config.mask_thr, exact=exact)
         return Detections(
             boxes=boxes.float().cpu().numpy(),
             scores=out["scores"].float().cpu().numpy(),

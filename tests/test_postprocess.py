@@ -71,6 +71,26 @@ def test_box_local_paste_equals_torchvision_paste_on_random_boxes():
     )
 
 
+def test_the_opencv_paste_matches_the_exact_paste_within_its_documented_tolerance():
+    torch.manual_seed(3)
+    corners = torch.rand(60, 2) * torch.tensor([WIDTH - 10.0, HEIGHT - 10.0])
+    boxes = torch.cat([corners, corners + torch.rand(60, 2) * 80 + 2], dim=1)
+    probs = random_probs(60, seed=4)
+    exact = np.asarray(paste_masks(probs, boxes, HEIGHT, WIDTH))
+    fast = np.asarray(paste_masks(probs, boxes, HEIGHT, WIDTH, exact=False))
+    assert exact.any()
+    assert (exact != fast).sum() <= 1e-4 * exact.size
+
+
+def test_the_opencv_paste_keeps_the_edge_cases_of_the_exact_paste():
+    exact = paste_masks(random_probs(len(EDGE_BOXES), seed=2), EDGE_BOXES, HEIGHT, WIDTH)
+    fast = paste_masks(
+        random_probs(len(EDGE_BOXES), seed=2), EDGE_BOXES, HEIGHT, WIDTH, exact=False
+    )
+    assert fast.shape == exact.shape
+    np.testing.assert_array_equal(fast.areas() > 0, exact.areas() > 0)
+
+
 def test_pasted_masks_are_nonempty_so_the_comparison_means_something():
     pasted = paste_masks(random_probs(len(EDGE_BOXES), seed=2), EDGE_BOXES, HEIGHT, WIDTH)
     assert pasted[:4].reshape(4, -1).any(axis=1).all()
