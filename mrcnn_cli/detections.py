@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from mrcnn_cli.box_masks import BoxMasks
+from mrcnn_cli.names import display_name
 
 
 @dataclass
@@ -230,3 +232,14 @@ def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
         rles = mask_utils.frPyObjects(segm, height, width)
         rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
     return mask_utils.decode(rle).astype(bool)
+
+
+def image_entry(image_id: int, rel: PurePosixPath | str, width: int, height: int) -> dict:
+    """An images.json entry; `file_name` is the path relative to the input root (printable
+    UTF-8: a name that is not valid UTF-8 shows its odd bytes as `\\xff` escapes)."""
+    return {
+        "id": int(image_id),
+        "file_name": display_name(str(rel)),
+        "width": int(width),
+        "height": int(height),
+    }

@@ -49,11 +49,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from mrcnn_cli.atomic import atomic_path, write_text
+from mrcnn_cli.detections import image_entry
 from mrcnn_cli.errors import FailedItem
-from mrcnn_cli.names import os_error_reason
+from mrcnn_cli.names import os_error_reason, safe_rel
 from mrcnn_cli.progress import RunSummary, Tally
-from mrcnn_cli.writers import safe_rel
-from mrcnn_cli.writers.coco import image_entry
 
 STATE_DIR = ".mrcnn"
 JOURNAL_DIR = "journal"

@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import stat
+from pathlib import PurePosixPath
 
 # Characters that would break a line or fool a terminal or a reader: C0/C1 controls and
 # DEL, the Unicode line and paragraph separators, and the bidirectional overrides that can
@@ -95,3 +96,14 @@ def os_error_reason(exc: OSError, path: str | os.PathLike[str] | None = None) ->
     if exc.strerror:
         return exc.strerror.lower()
     return type(exc).__name__
+
+
+def safe_rel(rel: PurePosixPath | str) -> PurePosixPath:
+    """`rel` as a relative POSIX path, refusing anything that could escape the output folder.
+
+    Relative paths come from the input walk; a bug there must not write outside `out/`.
+    """
+    rel = PurePosixPath(rel)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name in ("", "."):
+        raise ValueError(f"not a safe relative path for an output file: {str(rel)!r}")
+    return rel

@@ -16,13 +16,12 @@ from typing import IO, Any
 
 from mrcnn_cli.atomic import atomic_path
 from mrcnn_cli.config import VideoConfig
-from mrcnn_cli.detections import Detections
+from mrcnn_cli.detections import Detections, image_entry
 from mrcnn_cli.sources import SourceItem
 from mrcnn_cli.tracking import UNTRACKED, Tracker, TrackTable, mot_lines
 from mrcnn_cli.video.encoder import VideoEncoder, pick_encoder
 from mrcnn_cli.video.paths import frame_mask_rel
 from mrcnn_cli.video.reader import DecodeReport, Frame, VideoInfo
-from mrcnn_cli.writers.coco import image_entry
 from mrcnn_cli.writers.masks import write_masks
 from mrcnn_cli.writers.overlay import annotate, auto_line_width, draw_trails
 

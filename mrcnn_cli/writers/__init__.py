@@ -11,16 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from mrcnn_cli.names import safe_rel
 
-def safe_rel(rel: PurePosixPath | str) -> PurePosixPath:
-    """`rel` as a relative POSIX path, refusing anything that could escape the output folder.
-
-    Relative paths come from the input walk; a bug there must not write outside `out/`.
-    """
-    rel = PurePosixPath(rel)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name in ("", "."):
-        raise ValueError(f"not a safe relative path for an output file: {str(rel)!r}")
-    return rel
+__all__ = ["output_path", "safe_rel"]
 
 
 def output_path(out_dir: Path, kind: str, rel: PurePosixPath | str, suffix: str) -> Path:

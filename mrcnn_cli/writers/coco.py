@@ -11,18 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mrcnn_cli.atomic import write_json
-from mrcnn_cli.names import display_name
-
-
-def image_entry(image_id: int, rel: PurePosixPath | str, width: int, height: int) -> dict:
-    """An images.json entry; `file_name` is the path relative to the input root (printable
-    UTF-8: a name that is not valid UTF-8 shows its odd bytes as `\\xff` escapes)."""
-    return {
-        "id": int(image_id),
-        "file_name": display_name(str(rel)),
-        "width": int(width),
-        "height": int(height),
-    }
+from mrcnn_cli.detections import image_entry as image_entry  # where images.json entries come from
 
 
 def write_predictions(path: Path, results: list[dict[str, Any]]) -> None:
