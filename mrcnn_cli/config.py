@@ -240,6 +240,7 @@ class VideoConfig:
     overlay_style: OverlayStyle = field(default_factory=OverlayStyle)
     track: TrackSettings | None = None  # None: every frame on its own, no ids
     trail: int = 0  # with tracking: draw each track's last `trail` centres
+    fps: float | None = None  # frames/s of folders of frames (None: 30); videos keep theirs
 
     def validate(self) -> None:
         self.model.validate()
@@ -259,6 +260,8 @@ class VideoConfig:
             raise MrcnnError("--start must be >= 0 and --end greater than --start")
         if not 0 <= self.crf <= 51:
             raise MrcnnError("--crf must be between 0 and 51")
+        if self.fps is not None and not 0 < self.fps <= 1000:
+            raise MrcnnError("--fps must be more than 0 and at most 1000")
 
     def output_settings(self) -> dict[str, Any]:
         """What changes a video's outputs: a rerun with other values redoes the video."""

@@ -62,6 +62,8 @@ def frame_image_entry(rel: PurePosixPath, frame: Frame, height: int, width: int)
     """A COCO image entry for one frame: id = frame index + 1, plus where it is in the video."""
     entry = image_entry(frame.index + 1, frame_mask_rel(rel, frame.index), width, height)
     entry.update(video=str(rel), frame_index=frame.index, timestamp=round(frame.time, 6))
+    if frame.source is not None:  # a folder of frames: the image file this frame was
+        entry["frame_file"] = frame.source
     return entry
 
 
