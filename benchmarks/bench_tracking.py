@@ -16,12 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from mrcnn_cli.api import segment_video
 from mrcnn_cli.config import TrackSettings
 from mrcnn_cli.segmenter import Segmenter
-from mrcnn_cli.train.synthetic_video import random_objects, render_clip, write_clip, write_truth
+from mrcnn_cli.train.synthetic_video import write_clip_set
 
 
 def main() -> None:
@@ -52,19 +50,17 @@ def main() -> None:
     print(f"{'clip':>5} {'IDF1':>6} {'MOTA':>6} {'IDSW':>5} {'FN':>4} {'FP':>4} {'frames/s':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for k in range(args.clips):
-            rng = np.random.default_rng(args.seed + k)
-            objects = random_objects(rng, args.objects, args.size, tuple(args.speed))
-            clip = render_clip(objects, args.frames, args.size, seed=args.seed + k)
-            video = write_clip(root / f"clip{k}.mp4", clip.frames)
-            truth = write_truth(root / f"clip{k}.gt.txt", clip)
+        # the clips `mrcnn synth --video --seed SEED` writes
+        clips = write_clip_set(root, args.clips, args.frames, args.objects, args.size,
+                               tuple(args.speed), args.seed)  # fmt: skip
+        for k, (video, truth) in enumerate(clips):
             started = time.perf_counter()
             track = TrackSettings(args.buffer, args.new_track_thr, args.high_thr, args.match_iou,
                                   args.min_frames, args.method)  # fmt: skip
             summary = segment_video(video, root / "out", segmenter=segmenter, save=("mot",),
                                     stride=args.stride, track=track)  # fmt: skip
             rate = summary.processed / (time.perf_counter() - started)
-            result = evaluate_mot_sequence(truth, root / "out" / f"clip{k}.mot.txt",
+            result = evaluate_mot_sequence(truth, root / "out" / f"{video.stem}.mot.txt",
                                            metrics=["CLEAR", "Identity"])  # fmt: skip
             c, i = result.CLEAR, result.Identity
             clears.append(c.to_dict())
