@@ -7,6 +7,7 @@ with the bundled demo model; the MOT file is scored against the ground truth by 
 `trackers` package's TrackEval-parity metrics (CLEAR and Identity, IoU 0.5). Usage:
 
   python benchmarks/bench_tracking.py [--clips 6] [--frames 90] [--objects 4] [--stride 1]
+      [--seed 100] [--relink 0.7] [--duplicate-iou 0.7]   (--relink 0 --duplicate-iou 1: before)
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def main() -> None:
     parser.add_argument("--match-iou", type=float, default=TrackSettings.match_iou)
     parser.add_argument("--min-frames", type=int, default=TrackSettings.min_frames)
     parser.add_argument("--method", default=TrackSettings.method)
+    # --duplicate-iou 1 and --relink 0: the tracker as it was before both (the "before")
+    parser.add_argument("--duplicate-iou", type=float, default=TrackSettings.duplicate_iou)
+    parser.add_argument("--relink", type=float, default=TrackSettings.relink)
     parser.add_argument("--seed", type=int, default=100)
     args = parser.parse_args()
 
@@ -56,7 +60,8 @@ def main() -> None:
         for k, (video, truth) in enumerate(clips):
             started = time.perf_counter()
             track = TrackSettings(args.buffer, args.new_track_thr, args.high_thr, args.match_iou,
-                                  args.min_frames, args.method)  # fmt: skip
+                                  args.min_frames, args.method, args.duplicate_iou,
+                                  args.relink)  # fmt: skip
             summary = segment_video(video, root / "out", segmenter=segmenter, save=("mot",),
                                     stride=args.stride, track=track)  # fmt: skip
             rate = summary.processed / (time.perf_counter() - started)
@@ -72,7 +77,9 @@ def main() -> None:
           f"{int(c['CLR_FN']):4d} {int(c['CLR_FP']):4d}")  # fmt: skip
     print(
         f"clips {args.clips} x {args.frames} frames, {args.objects} objects, speed "
-        f"{args.speed[0]}-{args.speed[1]} px/frame, stride {args.stride}, buffer {args.buffer}"
+        f"{args.speed[0]}-{args.speed[1]} px/frame, stride {args.stride}, buffer {args.buffer}, "
+        f"seeds {args.seed}-{args.seed + args.clips - 1}, duplicate IoU {args.duplicate_iou}, "
+        f"relink {args.relink}"
     )
 
 
