@@ -70,8 +70,8 @@ class Tracker:
 
     One ByteTrack per class: a track only ever takes detections of its own class, so
     two objects of different classes that cross cannot swap ids, and a track's class
-    never flips. Ids are unique across classes and start at 1. Give the frame (RGB, the
-    image the detections were made on) to re-identify objects ByteTrack lost.
+    never flips. Ids are unique across classes and start at 1. Give the frame (RGB
+    uint8, the image the detections were made on) to re-identify objects ByteTrack lost.
 
     >>> tracker = Tracker()
     >>> for frame in frames:
@@ -148,7 +148,10 @@ _GATE = 1.5  # how far a lost object may be found: this times (speed * frames lo
 
 
 def _colours(image: np.ndarray, dets: Detections, row: int) -> np.ndarray | None:
-    """Normalised RGB histogram of the detection's mask pixels (its box where no mask)."""
+    """Normalised RGB histogram of the detection's mask pixels (its box where no mask);
+    None for an empty mask or an image that is not HxWx3 uint8."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        return None
     height, width = image.shape[:2]
     x0, y0, x1, y1 = (int(v) for v in np.round(np.asarray(dets.boxes[row], float)))
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
