@@ -7,6 +7,7 @@ with the bundled demo model; the MOT file is scored against the ground truth by 
 `trackers` package's TrackEval-parity metrics (CLEAR and Identity, IoU 0.5). Usage:
 
   python benchmarks/bench_tracking.py [--clips 6] [--frames 90] [--objects 4] [--stride 1]
+      [--seed 100] [--relink 0.7] [--duplicate-iou 0.7]   (--relink 0 --duplicate-iou 1: before)
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from mrcnn_cli.api import segment_video
 from mrcnn_cli.config import TrackSettings
 from mrcnn_cli.segmenter import Segmenter
-from mrcnn_cli.train.synthetic_video import random_objects, render_clip, write_clip, write_truth
+from mrcnn_cli.train.synthetic_video import write_clip_set
 
 
 def main() -> None:
@@ -38,6 +37,9 @@ def main() -> None:
     parser.add_argument("--match-iou", type=float, default=TrackSettings.match_iou)
     parser.add_argument("--min-frames", type=int, default=TrackSettings.min_frames)
     parser.add_argument("--method", default=TrackSettings.method)
+    # --duplicate-iou 1 and --relink 0: the tracker as it was before both (the "before")
+    parser.add_argument("--duplicate-iou", type=float, default=TrackSettings.duplicate_iou)
+    parser.add_argument("--relink", type=float, default=TrackSettings.relink)
     parser.add_argument("--seed", type=int, default=100)
     args = parser.parse_args()
 
@@ -52,19 +54,18 @@ def main() -> None:
     print(f"{'clip':>5} {'IDF1':>6} {'MOTA':>6} {'IDSW':>5} {'FN':>4} {'FP':>4} {'frames/s':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for k in range(args.clips):
-            rng = np.random.default_rng(args.seed + k)
-            objects = random_objects(rng, args.objects, args.size, tuple(args.speed))
-            clip = render_clip(objects, args.frames, args.size, seed=args.seed + k)
-            video = write_clip(root / f"clip{k}.mp4", clip.frames)
-            truth = write_truth(root / f"clip{k}.gt.txt", clip)
+        # the clips `mrcnn synth --video --seed SEED` writes
+        clips = write_clip_set(root, args.clips, args.frames, args.objects, args.size,
+                               tuple(args.speed), args.seed)  # fmt: skip
+        for k, (video, truth) in enumerate(clips):
             started = time.perf_counter()
             track = TrackSettings(args.buffer, args.new_track_thr, args.high_thr, args.match_iou,
-                                  args.min_frames, args.method)  # fmt: skip
+                                  args.min_frames, args.method, args.duplicate_iou,
+                                  args.relink)  # fmt: skip
             summary = segment_video(video, root / "out", segmenter=segmenter, save=("mot",),
                                     stride=args.stride, track=track)  # fmt: skip
             rate = summary.processed / (time.perf_counter() - started)
-            result = evaluate_mot_sequence(truth, root / "out" / f"clip{k}.mot.txt",
+            result = evaluate_mot_sequence(truth, root / "out" / f"{video.stem}.mot.txt",
                                            metrics=["CLEAR", "Identity"])  # fmt: skip
             c, i = result.CLEAR, result.Identity
             clears.append(c.to_dict())
@@ -76,7 +77,9 @@ def main() -> None:
           f"{int(c['CLR_FN']):4d} {int(c['CLR_FP']):4d}")  # fmt: skip
     print(
         f"clips {args.clips} x {args.frames} frames, {args.objects} objects, speed "
-        f"{args.speed[0]}-{args.speed[1]} px/frame, stride {args.stride}, buffer {args.buffer}"
+        f"{args.speed[0]}-{args.speed[1]} px/frame, stride {args.stride}, buffer {args.buffer}, "
+        f"seeds {args.seed}-{args.seed + args.clips - 1}, duplicate IoU {args.duplicate_iou}, "
+        f"relink {args.relink}"
     )
 
 

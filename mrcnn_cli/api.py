@@ -80,8 +80,12 @@ def segment_video(
 ) -> RunSummary:
     """Segment every frame of videos into annotated MP4s (and masks, COCO) under `out`.
 
+    A folder of image files (and no video) is one clip of them in name order, at
+    `fps` frames/s (default 30).
+
     >>> segment_video("clip.mp4", "results", stride=2, save=("video", "coco")).processed
     >>> segment_video("clip.mp4", "results", track=True, save=("video", "mot")).tracks
+    >>> segment_video("frames/", "results", fps=10, track=True).processed
     """
     from mrcnn_cli.config import TrackSettings
     from mrcnn_cli.video.job import run_videos

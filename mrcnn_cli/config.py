@@ -194,7 +194,11 @@ class TrackSettings:
     new_track_thr: the score a detection needs to start a track;
     high_thr: detections at or above it are matched first (the rest in a second round);
     match_iou: the least box IoU between a track's predicted box and a detection;
-    min_frames: consecutive matched model frames before a track gets its id.
+    min_frames: consecutive matched model frames before a track gets its id;
+    duplicate_iou: a detection overlapping a higher-scoring one (of another class) by
+    more box IoU than this takes no track (1: off);
+    relink: the colour similarity (0-1) at which a new track takes the id of a lost track
+    of its class (0: off; see tracking.py).
     """
 
     buffer: int = 30
@@ -203,6 +207,8 @@ class TrackSettings:
     match_iou: float = 0.1
     min_frames: int = 1
     method: str = "bytetrack"
+    duplicate_iou: float = 0.7
+    relink: float = 0.7
 
     def validate(self) -> None:
         if self.method not in TRACK_METHODS:
@@ -213,7 +219,7 @@ class TrackSettings:
             raise MrcnnError("--track-buffer must be 0 or more (model frames)")
         if self.min_frames < 1:
             raise MrcnnError("the track's minimum frames must be at least 1")
-        for name in ("new_track_thr", "high_thr", "match_iou"):
+        for name in ("new_track_thr", "high_thr", "match_iou", "duplicate_iou", "relink"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise MrcnnError(f"tracking setting {name} must be between 0 and 1")
 
@@ -240,6 +246,7 @@ class VideoConfig:
     overlay_style: OverlayStyle = field(default_factory=OverlayStyle)
     track: TrackSettings | None = None  # None: every frame on its own, no ids
     trail: int = 0  # with tracking: draw each track's last `trail` centres
+    fps: float | None = None  # frames/s of folders of frames (None: 30); videos keep theirs
 
     def validate(self) -> None:
         self.model.validate()
@@ -259,6 +266,8 @@ class VideoConfig:
             raise MrcnnError("--start must be >= 0 and --end greater than --start")
         if not 0 <= self.crf <= 51:
             raise MrcnnError("--crf must be between 0 and 51")
+        if self.fps is not None and not 0 < self.fps <= 1000:
+            raise MrcnnError("--fps must be more than 0 and at most 1000")
 
     def output_settings(self) -> dict[str, Any]:
         """What changes a video's outputs: a rerun with other values redoes the video."""

@@ -52,8 +52,14 @@ DEFAULT_NAME_MAX = 255
 
 IN_OUTPUT_FOLDER = "is inside the output folder"
 
-Kind = Literal["image", "video"]
-_EXTS: dict[Kind, frozenset[str]] = {"image": IMAGE_EXTS, "video": VIDEO_EXTS}
+Kind = Literal["image", "video", "frames"]
+# "frames": a folder of image files read as one clip (`mrcnn video` only); it has no
+# extension of its own, a folder walk finds it (see `_Collector.walk_folder`).
+_EXTS: dict[Kind, frozenset[str]] = {
+    "image": IMAGE_EXTS,
+    "video": VIDEO_EXTS,
+    "frames": frozenset(),
+}
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _DIGITS = re.compile(r"(\d+)")
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | os.O_NOCTTY
@@ -118,8 +124,11 @@ def collect_sources(
     """Expand `inputs` in the order given (each one sorted) into unique items and failures.
 
     `kinds` says which files a folder or glob yields ("image", "video" or both) and
-    whether an explicitly named video is accepted. Nothing at or below a folder in
-    `exclude` is taken (compared by real path, so links do not get around it).
+    whether an explicitly named video is accepted. With "frames" (and without "image"),
+    a folder that holds image files and no video is one item of kind "frames": a clip
+    of its images (not those of its subfolders), named after the folder. Nothing at or
+    below a folder in `exclude` is taken (compared by real path, so links do not get
+    around it).
     `max_name_bytes` is the longest file name accepted (default: `max_input_name_bytes()`
     for the current folder; pass `max_input_name_bytes(out_dir)`).
     """
@@ -239,11 +248,16 @@ class _Collector:
             self.fail(folder, f"no {_noun(self.kinds)} found in folder")
         anchor = _folder_name(folder)
         for rel, kind in matches:
-            self.found.append(_Found(folder / rel, rel, kind, anchor))
+            if not rel.parts:  # the folder itself is a clip of frames: named after it
+                self.found.append(_Found(folder, PurePosixPath(anchor), kind, anchor))
+            else:
+                self.found.append(_Found(folder / rel, rel, kind, anchor))
 
     def walk_folder(self, folder: Path) -> list[tuple[PurePosixPath, Kind]]:
         """Walk in natural order: hidden entries skipped, links to folders not followed,
-        excluded folders left out, problems reported (in the same order)."""
+        excluded folders left out, problems reported (in the same order). With "frames"
+        in `kinds`, a folder holding images and no video is one match (its own rel)."""
+        frame_folders = "frames" in self.kinds and "image" not in self.kinds
         matches: list[tuple[PurePosixPath, Kind]] = []
         problems: list[tuple[PurePosixPath, FailedItem]] = []
         stack = [PurePosixPath()]  # an explicit stack: no recursion limit on deep trees
@@ -257,10 +271,13 @@ class _Collector:
                 reason = f"cannot read folder: {os_error_reason(exc, dirpath)}"
                 problems.append((rel_dir, FailedItem(dirpath, reason)))
                 continue
+            images = videos = 0
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
                 rel, kind = rel_dir / entry.name, _kind_of(entry.name)
+                images += kind == "image"
+                videos += kind == "video"
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         if not self.excluded.is_excluded_dir(entry):
@@ -277,9 +294,11 @@ class _Collector:
                     matches.append((rel, kind))
                 elif reason:
                     problems.append((rel, FailedItem(dirpath / entry.name, reason)))
-        problems.sort(key=lambda p: _natural_path_key(p[0]))
+            if frame_folders and images and not videos:
+                matches.append((rel_dir, "frames"))
+        problems.sort(key=lambda p: natural_path_key(p[0]))
         self.failed.extend(item for _, item in problems)
-        return sorted(matches, key=lambda m: _natural_path_key(m[0]))
+        return sorted(matches, key=lambda m: natural_path_key(m[0]))
 
     def _walked_file_problem(self, entry: os.DirEntry[str]) -> str | None:
         """None to take the file; a reason to report it; "" to pass over it silently."""
@@ -307,7 +326,7 @@ class _Collector:
             self.fail(pattern, "no files match this pattern")
             return
         files: list[tuple[PurePosixPath, Kind]] = []
-        for match in sorted(matches, key=lambda m: _natural_path_key(PurePosixPath(m))):
+        for match in sorted(matches, key=lambda m: natural_path_key(PurePosixPath(m))):
             rel = PurePosixPath(match.relative_to(base).as_posix())
             kind = _kind_of(match.name)
             try:
@@ -329,7 +348,7 @@ class _Collector:
             self.fail(pattern, f"no {_noun(self.kinds)} match this pattern")
             return
         anchor = _folder_name(base)
-        for rel, kind in sorted(files, key=lambda m: _natural_path_key(m[0])):
+        for rel, kind in sorted(files, key=lambda m: natural_path_key(m[0])):
             self.found.append(_Found(base / rel, rel, kind, anchor))
 
     def expand_list(self, list_file: Path, lists_open: tuple[str, ...]) -> None:
@@ -502,6 +521,9 @@ def _kind_of(name: str) -> Kind | None:
 
 
 def _noun(kinds: frozenset[str]) -> str:
+    if "frames" in kinds:
+        kinds = kinds - {"frames"}
+        return " or ".join([*(f"{k}s" for k in sorted(kinds)), "folders of image frames"])
     return " or ".join(f"{k}s" for k in sorted(kinds))
 
 
@@ -519,7 +541,7 @@ def _takewhile_literal(parts: Sequence[str]) -> list[str]:
     return literal
 
 
-def _natural_path_key(rel: PurePosixPath) -> tuple[tuple[list[int | str], str], ...]:
+def natural_path_key(rel: PurePosixPath) -> tuple[tuple[list[int | str], str], ...]:
     """Compare path components so that `img2` sorts before `img10`; ties broken exactly."""
     return tuple(
         (

@@ -101,6 +101,58 @@ def test_a_track_never_changes_class():
     assert later.track_ids.tolist() != [1] and later.labels.tolist() == [2]
 
 
+def test_one_object_found_as_two_classes_is_tracked_once():
+    both = boxes_at(square(40, 40), square(41, 40), labels=[1, 2], scores=[0.9, 0.8])
+    tracker = Tracker()
+    outs = [tracker.update(both) for _ in range(4)]
+    assert outs[-1].track_ids.tolist() == [1, UNTRACKED]  # the lower score takes no track
+    assert len(outs[-1]) == 2  # still drawn and written
+
+
+# A red and a green square on grey, with their masks: what re-identification looks at.
+COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30)}
+
+
+def painted(*objects: tuple[str, float, float]) -> tuple[Detections, np.ndarray]:
+    image = np.full((100, 120, 3), 128, np.uint8)
+    boxes, masks = [], []
+    for colour, cx, cy in objects:
+        box = square(cx, cy)
+        x0, y0, x1, y1 = (int(v) for v in box)
+        image[y0:y1, x0:x1] = COLOURS[colour]
+        mask = np.zeros(image.shape[:2], bool)
+        mask[y0:y1, x0:x1] = True
+        boxes.append(box)
+        masks.append(mask)
+    n = len(objects)
+    dets = Detections(boxes or np.zeros((0, 4)), [0.95] * n, [1] * n,
+                      np.array(masks) if n else None, NAMES, IDS)  # fmt: skip
+    return dets, image
+
+
+def lost_and_found(colour_back: str, with_frames: bool = True) -> list[int]:
+    """A red square stands still, is hidden for 5 frames and is then seen 25 px away (too
+    far for ByteTrack's box IoU), coloured `colour_back`; its ids in the last frame."""
+    frames = [painted(("red", 30, 50)) for _ in range(5)]
+    frames += [painted() for _ in range(5)]
+    frames += [painted((colour_back, 55, 50)) for _ in range(4)]
+    tracker = Tracker()
+    outs = [tracker.update(d, image if with_frames else None) for d, image in frames]
+    return outs[1].track_ids.tolist() + outs[-1].track_ids.tolist()
+
+
+def test_an_object_byte_track_lost_keeps_its_id_when_its_colours_come_back():
+    assert lost_and_found("red") == [1, 1]
+
+
+def test_another_object_where_a_lost_one_was_gets_a_new_id():
+    assert lost_and_found("green") == [1, 2]
+
+
+def test_without_the_frames_there_is_no_re_identification():
+    assert lost_and_found("red", with_frames=False) == [1, 2]
+
+
 def test_ocsort_is_there_as_the_other_tracker():
     frames = [boxes_at(square(20 + 3 * t, 30)) for t in range(8)]
     ids = follow(frames, TrackSettings(method="ocsort", min_frames=1))
@@ -159,7 +211,7 @@ def test_frames_between_model_frames_reuse_the_tracked_result(tmp_path, monkeypa
     sink = FrameSink(cfg, item, None, None, None, None)  # type: ignore[arg-type]
     calls = []
     real = sink.tracker.update
-    monkeypatch.setattr(sink.tracker, "update", lambda d: calls.append(1) or real(d))
+    monkeypatch.setattr(sink.tracker, "update", lambda d, im: calls.append(1) or real(d, im))
     image = np.zeros((8, 8, 3), np.uint8)
     keyed = boxes_at(square(4, 4, 2))
     for index in range(3):  # --stride 3: one model result for three frames

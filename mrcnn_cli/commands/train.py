@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mrcnn_cli.commands._common import DebugOpt, QuietOpt, RoiOpOpt, err_console, run_or_exit
+from mrcnn_cli.errors import MrcnnError
 
 # Spelled out rather than imported: `mrcnn --help` should not wait for torch.
 ARCH_HELP = (
@@ -116,14 +117,65 @@ def train_command(
 
 
 def synth_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Root folder for train/ and val/.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Root folder for train/ and val/ (or the clips).")
+    ],
     train_images: Annotated[int, typer.Option("--train", min=0)] = 1000,
     val_images: Annotated[int, typer.Option("--val", min=0)] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     size: Annotated[int, typer.Option("--size", min=16, help="Image side in pixels.")] = 128,
+    video: Annotated[
+        bool,
+        typer.Option(
+            "--video",
+            help="Write tracking clips instead: OUT/clipNN.mp4 (clip k from seed SEED+k) "
+            "and their exact MOTChallenge ground truth OUT/gt/clipNN.mot.txt.",
+            rich_help_panel="Clips (--video)",
+        ),
+    ] = False,
+    clips: Annotated[int, typer.Option("--clips", min=1, rich_help_panel="Clips (--video)")] = 6,
+    frames: Annotated[int, typer.Option("--frames", min=1, rich_help_panel="Clips (--video)")] = 90,
+    objects: Annotated[
+        int,
+        typer.Option(
+            "--objects", min=1, help="Moving shapes a clip.", rich_help_panel="Clips (--video)"
+        ),
+    ] = 4,
+    speed: Annotated[
+        tuple[float, float],
+        typer.Option(
+            "--speed", help="Least and most speed, px a frame.", rich_help_panel="Clips (--video)"
+        ),
+    ] = (1.5, 4.0),
+    fps: Annotated[int, typer.Option("--fps", min=1, rich_help_panel="Clips (--video)")] = 10,
+    image_frames: Annotated[
+        bool,
+        typer.Option(
+            "--image-frames",
+            help="Each clip as a folder of PNG frames (OUT/clipNN/000001.png, ...).",
+            rich_help_panel="Clips (--video)",
+        ),
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Write a seeded synthetic shapes dataset (COCO format, exact masks)."""
+    """Write a seeded synthetic shapes dataset (COCO format, exact masks), or with --video
+    tracking clips with exact ground truth (what benchmarks/bench_tracking.py scores)."""
+    if video:
+        from mrcnn_cli.train.synthetic_video import write_clip_set
+
+        def job():
+            if not 0 <= speed[0] <= speed[1]:
+                raise MrcnnError("--speed needs 0 <= least <= most")
+            return write_clip_set(out, clips, frames, objects, size, speed, seed, fps,
+                                  image_frames)  # fmt: skip
+
+        run_or_exit(job, debug)
+        kind = "frame folders" if image_frames else "clips"
+        err_console.print(
+            f"wrote {clips} {kind} of {frames} frames and their ground truth under {out} "
+            f"(gt/clipNN.mot.txt)"
+        )
+        return
     from mrcnn_cli.train.synthetic import write_splits
 
     run_or_exit(lambda: write_splits(out, train_images, val_images, seed=seed, size=size), debug)

@@ -37,7 +37,10 @@ SAVE_HELP = (
 def video_command(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Video files (mp4, avi, mov, mkv, webm), folders or globs."),
+        typer.Argument(
+            help="Video files (mp4, avi, mov, mkv, webm), folders or globs. A folder that "
+            "holds images and no video is one clip of its images, in name order."
+        ),
     ],
     model_config: ModelConfig,
     out: OutOpt = "results",
@@ -59,6 +62,15 @@ def video_command(
     ] = None,
     max_frames: Annotated[
         int | None, typer.Option("--max-frames", min=1, help="At most this many frames a video.")
+    ] = None,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            "--fps",
+            min=0.001,
+            max=1000.0,
+            help="Frame rate of folders of frames (default 30); videos keep their own.",
+        ),
     ] = None,
     batch_size: BatchOpt = None,
     codec: Annotated[
@@ -111,6 +123,7 @@ def video_command(
             crf=crf,
             track=track_settings(track, track_buffer, tracker),
             trail=trail,
+            fps=fps,
         )
         return run_videos(cfg, progress_for(quiet))
 

@@ -176,3 +176,49 @@ def write_clip(path: Path, frames: Sequence[np.ndarray], fps: int = 10) -> Path:
 def write_truth(path: Path, clip: Clip) -> Path:
     write_text(path, clip.mot_text())
     return path
+
+
+GT_FOLDER = "gt"
+
+
+def clip_name(index: int) -> str:
+    return f"clip{index:02d}"
+
+
+def write_clip_set(
+    out: Path,
+    clips: int = 6,
+    frames: int = 90,
+    objects: int = 4,
+    size: int = 128,
+    speed: tuple[float, float] = (1.5, 4.0),
+    seed: int = 100,
+    fps: int = 10,
+    image_frames: bool = False,
+) -> list[tuple[Path, Path]]:
+    """`clips` generated clips under `out` with their ground truth; (clip, truth) pairs.
+
+    Clip k is drawn from seed `seed + k` (what `benchmarks/bench_tracking.py` scores):
+    `out/clipNN.mp4`, or with `image_frames` a folder `out/clipNN/` of PNG frames
+    (`000001.png`, ...), and `out/gt/clipNN.mot.txt`, MOTChallenge ground truth named as
+    `mrcnn video --track --save mot` names its output, so `trackers eval --gt-dir
+    out/gt --tracker-dir <results>` pairs each clip's truth with its tracks.
+    """
+    written = []
+    for k in range(clips):
+        rng = np.random.default_rng(seed + k)
+        moving = random_objects(rng, objects, size, speed)
+        clip = render_clip(moving, frames, size, seed=seed + k)
+        name = clip_name(k)
+        if image_frames:
+            folder = out / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index, image in enumerate(clip.frames):
+                with atomic_path(folder / f"{index + 1:06d}.png") as tmp:
+                    if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+                        raise OSError(f"cannot write {folder / f'{index + 1:06d}.png'}")
+            source = folder
+        else:
+            source = write_clip(out / f"{name}.mp4", clip.frames, fps)
+        written.append((source, write_truth(out / GT_FOLDER / f"{name}.mot.txt", clip)))
+    return written

@@ -11,7 +11,6 @@ import io
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import av
@@ -27,9 +26,18 @@ from mrcnn_cli.segmenter import SegmentationError, Segmenter
 from mrcnn_cli.sources import SourceItem
 from mrcnn_cli.tracking import TRACKS_CSV_HEADER
 from mrcnn_cli.video.encoder import pick_encoder
+from mrcnn_cli.video.frames import FOLDER_FPS, frames_stamp, probe_frames, read_folder_frames
 from mrcnn_cli.video.keyframes import predict_frames
 from mrcnn_cli.video.paths import TRACKS_SUFFIX, VIDEO_SUFFIX, VideoPaths, remove_stale_masks
-from mrcnn_cli.video.reader import DecodeReport, FrameReader, FrameWindow, VideoInfo, probe_video
+from mrcnn_cli.video.reader import (
+    Decode,
+    DecodeReport,
+    FrameReader,
+    FrameWindow,
+    VideoInfo,
+    decode_frames,
+    probe_video,
+)
 from mrcnn_cli.video.sink import FrameSink, coco_stream
 from mrcnn_cli.writers.report import (
     REPORT_FILE,
@@ -70,16 +78,31 @@ class _NoFrames(Exception):
     """Nothing decoded: leave no output at all."""
 
 
-def video_digest(cfg: VideoConfig, source: Path) -> str:
-    """Settings plus the source file's size and mtime: a changed input is done again."""
-    stat = source.stat()
+def video_digest(cfg: VideoConfig, item: SourceItem) -> str:
+    """Settings plus the source file's size and mtime (every frame's, and the frame rate,
+    for a folder of frames): a changed input is done again."""
+    if item.kind == "frames":
+        source: dict[str, Any] = {"source": [frames_stamp(item.path), str(item.path)],
+                                  "fps": cfg.fps or FOLDER_FPS}  # fmt: skip
+    else:
+        stat = item.path.stat()
+        source = {"source": [stat.st_size, stat.st_mtime_ns, str(item.path)]}
     return settings_hash(
-        {
-            **cfg.output_settings(),
-            "model_files": model_fingerprint(cfg.model),
-            "source": [stat.st_size, stat.st_mtime_ns, str(source)],
-        }
+        {**cfg.output_settings(), "model_files": model_fingerprint(cfg.model), **source}
     )
+
+
+def probe_item(item: SourceItem, cfg: VideoConfig) -> VideoInfo:
+    """The header of a video file, or what a folder of frames holds; DecodeError if bad."""
+    if item.kind == "frames":
+        return probe_frames(item.path, cfg.fps)
+    return probe_video(item.path)
+
+
+def _decoder(item: SourceItem, cfg: VideoConfig) -> Decode:
+    if item.kind == "frames":
+        return lambda path, window, report: read_folder_frames(path, window, report, cfg.fps)
+    return decode_frames
 
 
 def _outputs_exist(cfg: VideoConfig, paths: VideoPaths) -> bool:
@@ -108,7 +131,7 @@ def process_video(
     `on_frames(n, detections)` is called from this thread as frames are predicted.
     """
     try:
-        info = info or probe_video(item.path)
+        info = info or probe_item(item, cfg)
     except DecodeError as exc:
         return VideoOutcome(failure=FailedItem(item.path, str(exc)))
     paths = VideoPaths.for_item(cfg.out, item.rel)
@@ -116,7 +139,7 @@ def process_video(
         reason = "the output would overwrite the input; choose another --out"
         return VideoOutcome(failure=FailedItem(item.path, reason))
     journal = Journal(cfg.out)
-    digest = video_digest(cfg, item.path)
+    digest = video_digest(cfg, item)
     if not cfg.overwrite and journal.is_done(item.rel, digest) and _outputs_exist(cfg, paths):
         return VideoOutcome(skipped=True)
     journal.forget(item.rel)  # from here on, an earlier run's outputs are not "done"
@@ -176,7 +199,9 @@ def _run_video(
         if "mot" in cfg.save:
             mot_tmp = stack.enter_context(atomic_path(paths.mot))
             mot = stack.enter_context(open(mot_tmp, "w", encoding="utf-8"))
-        reader = stack.enter_context(FrameReader(item.path, window, 2 * batch_size + 2, report))
+        reader = stack.enter_context(
+            FrameReader(item.path, window, 2 * batch_size + 2, report, _decoder(item, cfg))
+        )
         sink = FrameSink(cfg, item, video_tmp, coco, info, report, mot)
         writer = stack.enter_context(
             BackgroundWriter(sink.write, sink.finish, sink.abort, 2 * batch_size + 8)
@@ -214,7 +239,7 @@ def run_videos(
     cfg.validate()
     if cfg.codec is not None and "video" in cfg.save:
         pick_encoder(cfg.codec)
-    kinds = frozenset({"video"})
+    kinds = frozenset({"video", "frames"})  # a folder of images is a clip here
     with prepared_run(cfg.inputs, kinds, cfg.out, cfg.model, cfg.batch_size, segmenter) as run:
         summary = _run_videos(cfg, run.items, run.failures, run.segmenter, run.batch_size, progress)
         # The bar's total was an estimate from the headers; the summary counts what happened.
@@ -235,7 +260,7 @@ def _run_videos(
     probed: list[tuple[SourceItem, VideoInfo | FailedItem]] = []
     for item in items:
         try:
-            probed.append((item, probe_video(item.path)))
+            probed.append((item, probe_item(item, cfg)))
         except DecodeError as exc:
             probed.append((item, FailedItem(item.path, str(exc))))
     total = len(failures) + sum(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -67,6 +67,7 @@ class Frame:
     index: int
     time: float
     image: np.ndarray  # RGB uint8 HxWx3, upright
+    source: str | None = None  # the image file's name, for a folder of frames
 
 
 @dataclass
@@ -229,15 +230,24 @@ def _check_complete(
 
 _END = object()
 
+Decode = Callable[[Path, FrameWindow, DecodeReport], Iterable[Frame]]
+
 
 class FrameReader:
-    """`decode_frames` in a background thread, at most `lookahead` frames ahead."""
+    """`decode` (`decode_frames`, or another source of frames such as a folder's) in a
+    background thread, at most `lookahead` frames ahead."""
 
     def __init__(
-        self, path: Path, window: FrameWindow, lookahead: int, report: DecodeReport
+        self,
+        path: Path,
+        window: FrameWindow,
+        lookahead: int,
+        report: DecodeReport,
+        decode: Decode = decode_frames,
     ) -> None:
         self.report = report
         self._args = (path, window)
+        self._decode = decode
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=lookahead)
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -267,7 +277,7 @@ class FrameReader:
 
     def _run(self) -> None:
         try:
-            for frame in decode_frames(*self._args, self.report):
+            for frame in self._decode(*self._args, self.report):
                 if not self._put(frame):
                     return
         except av.FFmpegError as exc:

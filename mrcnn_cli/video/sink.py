@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+import numpy as np
+
 from mrcnn_cli.atomic import atomic_path
 from mrcnn_cli.config import VideoConfig
 from mrcnn_cli.detections import Detections, image_entry
@@ -61,6 +63,8 @@ def frame_image_entry(rel: PurePosixPath, frame: Frame, height: int, width: int)
     """A COCO image entry for one frame: id = frame index + 1, plus where it is in the video."""
     entry = image_entry(frame.index + 1, frame_mask_rel(rel, frame.index), width, height)
     entry.update(video=str(rel), frame_index=frame.index, timestamp=round(frame.time, 6))
+    if frame.source is not None:  # a folder of frames: the image file this frame was
+        entry["frame_file"] = frame.source
     return entry
 
 
@@ -89,13 +93,13 @@ class FrameSink:
         self._tracked: Detections | None = None  # ... and what the tracker made of it
         self._trails: dict[int, deque[tuple[float, float]]] = {}
 
-    def _track(self, dets: Detections) -> Detections:
+    def _track(self, dets: Detections, image: np.ndarray) -> Detections:
         """The tracker sees each model result once: frames between keyed frames (--stride)
         reuse its tracked result, so buffers count model frames."""
         if self.tracker is None:
             return dets
         if dets is not self._model_dets:
-            self._model_dets, self._tracked = dets, self.tracker.update(dets)
+            self._model_dets, self._tracked = dets, self.tracker.update(dets, image)
             if self.cfg.trail:
                 self._extend_trails(self._tracked)
         assert self._tracked is not None
@@ -115,7 +119,7 @@ class FrameSink:
 
     def write(self, job: tuple[Frame, Detections]) -> None:
         frame, dets = job
-        dets = self._track(dets)
+        dets = self._track(dets, frame.image)
         h, w = frame.image.shape[:2]
         if self.tracker is not None:
             self.tracks.add(frame.index, frame.time, dets)
