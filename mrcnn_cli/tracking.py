@@ -159,8 +159,8 @@ def _colours(image: np.ndarray, dets: Detections, row: int) -> np.ndarray | None
         return None
     crop = np.ascontiguousarray(image[y0:y1, x0:x1])
     mask = None
-    if dets.masks is not None and dets.masks[row].shape == (height, width):
-        mask = np.ascontiguousarray(dets.masks[row][y0:y1, x0:x1]).astype(np.uint8)
+    if dets.masks is not None and dets.masks.shape[1:] == (height, width):
+        mask = dets.masks.cut(row, slice(y0, y1), slice(x0, x1)).astype(np.uint8)
         if not mask.any():
             return None
     hist = cv2.calcHist([crop], [0, 1, 2], mask, [_HIST_BINS] * 3, [0, 256] * 3).ravel()
