@@ -65,6 +65,8 @@ class ModelConfig:
     score_thr: float = 0.5
     max_det: int = 100
     classes: tuple[str, ...] | None = None
+    # per-class score thresholds, (class name or id, threshold) sorted; others: score_thr
+    class_thr: tuple[tuple[str, float], ...] | None = None
     mask_thr: float = 0.5
     roi_op: str | None = None
     tile: int | None = None  # sliced inference: tiles of this many pixels (None: whole image)
@@ -82,6 +84,9 @@ class ModelConfig:
             raise MrcnnError("--score-thr and --mask-thr must be between 0 and 1")
         if self.max_det < 1:
             raise MrcnnError("--max-det must be at least 1")
+        for name, thr in self.class_thr or ():
+            if not 0.0 <= thr <= 1.0:
+                raise MrcnnError(f"--class-thr: {name}={thr} is not between 0 and 1")
         if self.precision not in PRECISIONS:
             raise MrcnnError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
@@ -102,10 +107,17 @@ class ModelConfig:
         settings = asdict(self)
         settings.pop("device")
         settings["channels_last"] = self.channels_last_in_use
+        if not self.class_thr:  # absent, so runs from before the option keep their hash
+            settings.pop("class_thr")
         if self.tile is None:  # tile settings change nothing without tiles
             settings.pop("tile_overlap")
             settings.pop("tile_full")
         return settings
+
+    @property
+    def lowest_score_thr(self) -> float:
+        """The model's own score cut: the lowest threshold any class has."""
+        return min([self.score_thr, *(thr for _, thr in self.class_thr or ())])
 
     @property
     def channels_last_in_use(self) -> bool:
@@ -113,6 +125,31 @@ class ModelConfig:
         if self.channels_last is not None:
             return self.channels_last
         return self.precision != "fp32"
+
+
+def parse_class_thresholds(value: str | None) -> tuple[tuple[str, float], ...] | None:
+    """`person=0.7,car=0.3` -> (('car', 0.3), ('person', 0.7)); a bad entry is a MrcnnError.
+
+    Names (or category ids) are checked against the model when it is loaded.
+    """
+    if value is None or not value.strip():
+        return None
+    found: dict[str, float] = {}
+    for entry in (part.strip() for part in value.split(",")):
+        name, sep, number = entry.rpartition("=")
+        name = name.strip()
+        if not entry or not sep or not name:
+            raise MrcnnError(f"--class-thr: expected NAME=SCORE, got {entry!r}")
+        try:
+            thr = float(number)
+        except ValueError:
+            raise MrcnnError(f"--class-thr: {entry!r}: {number.strip()!r} is not a number") from None
+        if not 0.0 <= thr <= 1.0:
+            raise MrcnnError(f"--class-thr: {entry!r}: the score must be between 0 and 1")
+        if name in found:
+            raise MrcnnError(f"--class-thr: {name!r} is given twice")
+        found[name] = thr
+    return tuple(sorted(found.items()))
 
 
 def _check_batch_size(batch_size: int | None) -> None:
