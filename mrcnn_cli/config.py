@@ -143,7 +143,8 @@ def parse_class_thresholds(value: str | None) -> tuple[tuple[str, float], ...] |
         try:
             thr = float(number)
         except ValueError:
-            raise MrcnnError(f"--class-thr: {entry!r}: {number.strip()!r} is not a number") from None
+            bad = number.strip()
+            raise MrcnnError(f"--class-thr: {entry!r}: {bad!r} is not a number") from None
         if not 0.0 <= thr <= 1.0:
             raise MrcnnError(f"--class-thr: {entry!r}: the score must be between 0 and 1")
         if name in found:

@@ -81,8 +81,9 @@ class Segmenter:
     bundled name (`demo`) or a checkpoint written by `mrcnn train`. `classes` keeps only
     those classes (names or category ids); `score_thr`, `max_det` and `mask_thr` are
     applied as in torchvision; `class_thr` ({name or id: threshold}) gives classes their
-    own score threshold (before the top `max_det` are kept, as torchvision's one is). `precision` is fp32 (torchvision's numbers exactly), bf16
-    (CPUs with avx512_bf16/AMX, CUDA) or fp16 (CUDA; `half=True` says the same);
+    own score threshold (before the top `max_det` are kept, as torchvision's one is).
+    `precision` is fp32 (torchvision's numbers exactly), bf16 (CPUs with
+    avx512_bf16/AMX, CUDA) or fp16 (CUDA; `half=True` says the same);
     `channels_last` None follows the precision. `tile` runs each image as overlapping
     tiles of that many pixels at native resolution (small objects in large images; see
     tiling.py), merged back into one set of detections, plus the whole image with
