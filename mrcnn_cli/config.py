@@ -19,8 +19,12 @@ DEFAULT_MAX_PIXELS = 178_956_970
 DEFAULT_MODEL = "maskrcnn_resnet50_fpn"
 
 IMAGE_SAVE_KINDS = (
-    "overlay", "masks", "coco", "yolo", "labelme", "cvat", "csv", "crops", "report"
+    "overlay", "masks", "coco", "coco-dataset", "yolo", "labelme", "cvat", "labelstudio",
+    "csv", "crops", "report",
 )  # fmt: skip
+# Kinds whose dataset holds the input images (links or copies) beside the labels.
+DATASET_IMAGE_KINDS = frozenset({"yolo", "coco-dataset"})
+LABELSTUDIO_PREFIX = "/data/local-files/?d="  # Label Studio's local-files serving URL
 VIDEO_SAVE_KINDS = ("video", "masks", "coco", "mot", "report")
 # Kinds that change no per-image or per-video file: left out of the settings hash, so
 # adding or dropping them redoes nothing (a missing thumbnail redoes its image: see
@@ -169,6 +173,31 @@ def _check_save(save: tuple[str, ...], allowed: tuple[str, ...]) -> None:
 
 
 @dataclass(frozen=True)
+class ExportOptions:
+    """How the dataset exports are laid out (`--save coco-dataset,yolo,labelstudio`).
+
+    polygons: coco-dataset masks as polygons instead of RLE;
+    copy_images: copy the inputs into the datasets instead of linking them;
+    val_split: the fraction of images the YOLO data.yaml lists as `val` (0: val is train);
+    image_prefix: what Label Studio's `data.image` is: this prefix + the relative path.
+    Only `copy_images` changes per-image files (it is in the resume settings); the
+    others shape run-level files rebuilt at every run's end.
+    """
+
+    polygons: bool = False
+    copy_images: bool = False
+    val_split: float = 0.0
+    image_prefix: str = LABELSTUDIO_PREFIX
+
+    def validate(self) -> None:
+        if not 0.0 <= self.val_split < 1.0:
+            raise MrcnnError("--val-split must be at least 0 and below 1")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class SegmentConfig:
     """One `mrcnn segment` job: inputs, where the outputs go, and which outputs."""
 
@@ -184,10 +213,12 @@ class SegmentConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     overlay_style: OverlayStyle = field(default_factory=OverlayStyle)
     track: TrackSettings | None = None  # for the videos among the inputs
+    export: ExportOptions = field(default_factory=ExportOptions)
 
     def validate(self) -> None:
         self.model.validate()
         _check_save(self.save, IMAGE_SAVE_KINDS)
+        self.export.validate()
         if self.mask_format not in MASK_FORMATS:
             raise MrcnnError(f"--mask-format must be one of {', '.join(MASK_FORMATS)}")
         _check_batch_size(self.batch_size)
@@ -196,12 +227,15 @@ class SegmentConfig:
 
     def output_settings(self) -> dict[str, Any]:
         """What changes an image's outputs (model files are fingerprinted by the caller)."""
-        return {
+        settings = {
             "model": self.model.output_settings(),
             "save": output_kinds(self.save),
             "mask_format": self.mask_format,
             "style": asdict(self.overlay_style),
         }
+        if self.export.copy_images and DATASET_IMAGE_KINDS & set(self.save):
+            settings["copy_images"] = True  # absent otherwise: older runs keep their hash
+        return settings
 
     def video_config(self) -> VideoConfig:
         """Videos met by `mrcnn segment`: overlays become the MP4, masks and COCO per frame

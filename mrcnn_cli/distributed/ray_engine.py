@@ -234,7 +234,7 @@ def _drive(
         names, ids = _class_tables(cfg) if named & set(cfg.save) else ((), ())
         rels = [it.rel for it in items]
         for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
-                                      names, ids):  # fmt: skip
+                                      names, ids, export=cfg.export):  # fmt: skip
             tally.fail(failed)
         if "report" in cfg.save:
             for failed in write_segment_report(cfg, plan.batch_size, tally.summary(), journal,
