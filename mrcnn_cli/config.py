@@ -29,7 +29,7 @@ VIDEO_SAVE_KINDS = ("video", "masks", "coco", "mot", "report")
 # Kinds that change no per-image or per-video file: left out of the settings hash, so
 # adding or dropping them redoes nothing (a missing thumbnail redoes its image: see
 # engine.outputs_exist).
-RUN_LEVEL_KINDS = frozenset({"report"})
+RUN_LEVEL_KINDS = frozenset({"report", "labelstudio"})
 IOU_TYPES = ("bbox", "segm")
 ROI_OPS = ("align", "pool")
 PRECISIONS = ("fp32", "bf16", "fp16")

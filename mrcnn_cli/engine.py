@@ -186,6 +186,13 @@ class ImageWriter:
         return len(dets)
 
 
+def model_version(cfg: SegmentConfig) -> str:
+    """What the exports name the model by (Label Studio's `model_version`)."""
+    from mrcnn_cli import __version__
+
+    return f"{Path(cfg.model.model).name} (mrcnn {__version__})"
+
+
 def dataset_image_dirs(cfg: SegmentConfig) -> list[Path]:
     """The folders the dataset exports keep the input images in (links or copies)."""
     dirs = []
@@ -321,7 +328,7 @@ def _segment(
     if shard is not None:
         write_manifest(cfg.out, shard, run.items, image_ids, digest, cfg.save,
                        segmenter.class_names, segmenter.category_ids,
-                       cfg.export.as_dict())  # fmt: skip
+                       {**cfg.export.as_dict(), "model_version": model_version(cfg)})  # fmt: skip
     writer = ImageWriter(cfg, journal, digest, image_ids)
 
     with Tally(len(items) + len(videos) + len(run.failures), listener=progress) as tally:
@@ -347,7 +354,8 @@ def _segment(
         rels = [it.rel for it in items]
         names, ids = segmenter.class_names, segmenter.category_ids
         for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
-                                      names, ids, shard, cfg.export):  # fmt: skip
+                                      names, ids, shard, cfg.export,
+                                      model_version(cfg)):  # fmt: skip
             tally.fail(failed)
         if "report" in cfg.save:  # last: it shows the other files' failures too
             for failed in write_segment_report(cfg, batch_size, tally.summary(), journal, rels,

@@ -101,10 +101,12 @@ def merge_shards(folders: Sequence[Path], out: Path, move: bool = False) -> Merg
     summary.images, summary.detections = counts.images, counts.detections
     others = [k for k in manifest.save if k not in ("coco", "report")]  # csv, cvat, datasets
     if others and manifest.class_names:
-        export = ExportOptions(**dict(manifest.export))
+        export = dict(manifest.export)
+        version = str(export.pop("model_version", "mrcnn"))
         failed += write_run_files(out, others, journal, rels, settings, ids,
                                   manifest.class_names, manifest.category_ids,
-                                  export=export)  # fmt: skip
+                                  export=ExportOptions(**export),
+                                  model_version=version)  # fmt: skip
     if "report" in manifest.save:  # from the merged journal, like the files above
         failed += _write_report(out, folders, manifest, journal, rels, ids, summary, failed, start)
     problem = write_failures(out, failed)
