@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from helpers import invoke_cli, json_summary
+from helpers import invoke_cli, json_summary, tiny_scene_tree
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
@@ -23,33 +23,14 @@ from mrcnn_cli.config import LABELSTUDIO_PREFIX
 from mrcnn_cli.errors import MrcnnError
 from mrcnn_cli.train.dataset import CocoInstanceDataset
 from mrcnn_cli.train.readers import read_labels
-from mrcnn_cli.train.synthetic import write_dataset
 from mrcnn_cli.writers.polygons import mask_to_polygons, polygons_to_mask
 
 SAVE = "coco,coco-dataset,yolo,labelme,cvat,labelstudio"
 
 
-def make_inputs(root: Path) -> Path:
-    """Four generated 96x96 scenes and one 96x72 crop (a non-square size), in a tree."""
-    src = root / "src"
-    write_dataset(src, num_images=4, seed=5, size=96)
-    images = src / "images"
-    (images / "sub").mkdir()
-    image = cv2.imread(str(images / "000001.png"))
-    cv2.imwrite(str(images / "sub" / "wide.png"), image[10:82, :])
-    return images
-
-
-def segment(inputs: Path, out: Path, *extra: str) -> dict:
-    result = invoke_cli(["segment", inputs, "-m", "demo", "--out", out, "--save", SAVE,
-                         "--json", "--quiet", *extra])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return json_summary(result)
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    return make_inputs(tmp_path_factory.mktemp("exports"))
+    return tiny_scene_tree(tmp_path_factory.mktemp("exports"))
 
 
 @pytest.fixture(scope="module")
