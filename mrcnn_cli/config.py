@@ -157,6 +157,14 @@ def parse_class_thresholds(value: str | None) -> tuple[tuple[str, float], ...] |
     return tuple(sorted(found.items()))
 
 
+def as_class_thresholds(value: Any) -> tuple[tuple[str, float], ...] | None:
+    """`{name: thr}`, `"name=thr,..."` or pairs -> the sorted tuple ModelConfig keeps."""
+    if value is None or isinstance(value, str):
+        return parse_class_thresholds(value)
+    pairs = value.items() if isinstance(value, dict) else value
+    return tuple(sorted((str(k), float(v)) for k, v in pairs)) or None
+
+
 def _check_batch_size(batch_size: int | None) -> None:
     if batch_size is not None and batch_size < 1:
         raise MrcnnError("--batch-size must be at least 1")

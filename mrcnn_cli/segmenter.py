@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torchvision.models.detection.transform import resize_boxes
 
-from mrcnn_cli.config import DEFAULT_MODEL, ModelConfig
+from mrcnn_cli.config import DEFAULT_MODEL, ModelConfig, as_class_thresholds
 from mrcnn_cli.decode import decode_image
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.errors import MrcnnError
@@ -124,9 +124,7 @@ class Segmenter:
             score_thr=score_thr,
             max_det=max_det,
             classes=tuple(str(c) for c in classes) if classes else None,
-            class_thr=tuple(sorted((str(k), float(v)) for k, v in class_thr.items()))
-            if class_thr
-            else None,
+            class_thr=as_class_thresholds(class_thr),
             mask_thr=mask_thr,
             roi_op=roi_op,
             tile=tile,

@@ -99,3 +99,17 @@ def test_without_class_thresholds_the_settings_are_those_of_earlier_versions():
     assert "class_thr" not in settings
     with_thr = ModelConfig("demo", class_thr=(("car", 0.3),)).output_settings()
     assert with_thr["class_thr"] == (("car", 0.3),)
+
+
+def test_the_python_api_takes_class_thresholds_as_a_mapping(tmp_path: Path):
+    from mrcnn_cli import segment
+
+    summary = segment([EXAMPLES / "images"], tmp_path, model="demo", save="coco",
+                      class_thr={"square": 0.999, "circle": 0.1})  # fmt: skip
+    assert summary.processed == len(IMAGES)
+    import json
+
+    found = {e["category_id"] for e in json.loads((tmp_path / "predictions.json").read_text())}
+    scores = [e["score"] for e in json.loads((tmp_path / "predictions.json").read_text())
+              if e["category_id"] == 2]  # fmt: skip
+    assert found and all(s > 0.999 for s in scores)

@@ -28,6 +28,13 @@ from mrcnn_cli.writers.polygons import mask_to_polygons, polygons_to_mask
 SAVE = "coco,coco-dataset,yolo,labelme,cvat,labelstudio"
 
 
+def segment(inputs: Path, out: Path, *extra: str) -> dict:
+    result = invoke_cli(["segment", inputs, "-m", "demo", "--out", out, "--save", SAVE,
+                         "--json", "--quiet", *extra])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json_summary(result)
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     return tiny_scene_tree(tmp_path_factory.mktemp("exports"))

@@ -68,10 +68,7 @@ def test_datumaro_imports_the_cvat_xml_with_every_polygon_labelled(run, inputs, 
     os.symlink(inputs, tmp_path / "images")
     dataset = dm.Dataset.import_from(str(tmp_path / "annotations.xml"), "cvat")
     polygons = [
-        a
-        for item in dataset
-        for a in item.annotations
-        if a.type == dm.AnnotationType.polygon
+        a for item in dataset for a in item.annotations if a.type == dm.AnnotationType.polygon
     ]
     xml_polygons = list(ET.parse(run / "cvat.xml").getroot().iter("polygon"))
     assert len(dataset) == 5 and len(polygons) == len(xml_polygons) > 0
