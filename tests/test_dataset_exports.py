@@ -22,7 +22,7 @@ from pycocotools.coco import COCO
 from mrcnn_cli.config import LABELSTUDIO_PREFIX
 from mrcnn_cli.errors import MrcnnError
 from mrcnn_cli.train.dataset import CocoInstanceDataset
-from mrcnn_cli.train.readers import read_labels
+from mrcnn_cli.train.readers import detect_format, read_labels
 from mrcnn_cli.writers.polygons import mask_to_polygons, polygons_to_mask
 
 SAVE = "coco,coco-dataset,yolo,labelme,cvat,labelstudio"
@@ -210,6 +210,16 @@ def test_labelstudio_config_declares_every_class(run):
         assert f'<Label value="{name}"' in config
 
 
+def test_image_urls_are_percent_encoded_for_web_prefixes_only():
+    from mrcnn_cli.writers.labelstudio import image_url
+
+    assert (
+        image_url("/data/local-files/?d=", "a b/c#1.jpg") == "/data/local-files/?d=a%20b/c%231.jpg"
+    )
+    assert image_url("https://h/x/", "é.jpg") == "https://h/x/%C3%A9.jpg"
+    assert image_url("s3://bucket/", "a b.jpg") == "s3://bucket/a b.jpg"
+
+
 def test_the_image_prefix_is_configurable(inputs, tmp_path):
     segment(inputs, tmp_path, "--save", "labelstudio", "--image-prefix", "s3://bucket/shots/")
     tasks = json.loads((tmp_path / "labelstudio/tasks.json").read_text())
@@ -246,6 +256,23 @@ def test_each_export_reads_back_as_the_masks_it_was_made_from(run, inputs, fmt):
         assert len(got) == len(expected), rel
         for a, b in zip(got, expected):
             assert (a == b).all(), rel
+
+
+@pytest.mark.parametrize(
+    "path,fmt",
+    [("coco", "coco"), ("yolo", "yolo"), ("labelme", "labelme"), ("cvat.xml", "cvat"),
+     ("yolo/data.yaml", "yolo"), ("coco/annotations/instances_default.json", "coco")],
+)  # fmt: skip
+def test_the_format_is_detected_from_the_path(run, path, fmt):
+    assert detect_format(run / path) == fmt
+
+
+def test_a_path_that_is_no_training_data_is_one_clear_error(tmp_path):
+    (tmp_path / "labels.csv").write_text("a,b\n")
+    with pytest.raises(MrcnnError, match="labels.csv: not a training data format"):
+        read_labels(tmp_path / "labels.csv")
+    with pytest.raises(MrcnnError, match="training data not found"):
+        read_labels(tmp_path / "missing.json")
 
 
 @pytest.mark.parametrize("fmt", sorted(EXPORTS))

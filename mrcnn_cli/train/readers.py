@@ -241,8 +241,6 @@ def yolo_label_file(image: Path) -> Path:
 
 
 def read_yolo(path: Path, classes: Sequence[str] | None, split: str = "train") -> LabelSet:
-    if path.is_dir():
-        path = path / "data.yaml"
     data = _yaml(path)
     own = _yolo_names(data, path)
     names = _check_classes(classes, own, path)
@@ -413,21 +411,36 @@ def read_cvat(path: Path, classes: Sequence[str] | None, images: Path | None) ->
 
 
 # ----------------------------------------------------------------------------- dispatch
-def detect_format(path: Path) -> str:
-    """Which reader a path needs, from what it is (no format flag to get wrong)."""
+def locate(path: Path) -> tuple[str, Path]:
+    """(format, file or folder to read) for a path, from what it is: a file by its
+    suffix; a folder by what it holds (a `data.yaml`, a CVAT export's `annotations.xml`,
+    one `annotations/instances_*.json`), else a folder of LabelMe JSON."""
     if path.is_dir():
         if (path / "data.yaml").is_file():
-            return "yolo"
-        return "labelme"
+            return "yolo", path / "data.yaml"
+        if (path / "annotations.xml").is_file():
+            return "cvat", path / "annotations.xml"
+        found = sorted((path / "annotations").glob("instances_*.json"))
+        if len(found) == 1:
+            return "coco", found[0]
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise MrcnnError(f"{path}: several COCO files ({names}); give one of them")
+        return "labelme", path
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
-        return "yolo"
+        return "yolo", path
     if suffix == ".xml":
-        return "cvat"
+        return "cvat", path
     if suffix == ".json":
-        return "coco"
+        return "coco", path
     raise MrcnnError(f"{path}: not a training data format mrcnn reads (a COCO .json, a YOLO "
                      "data.yaml, a CVAT .xml, or a folder of LabelMe .json)")  # fmt: skip
+
+
+def detect_format(path: Path | str) -> str:
+    """Which reader a path needs (see `locate`)."""
+    return locate(Path(path))[0]
 
 
 def read_labels(
@@ -445,7 +458,7 @@ def read_labels(
     path = Path(path)
     if not path.exists():
         raise MrcnnError(f"training data not found: {path}")
-    fmt = detect_format(path)
+    fmt, path = locate(path)
     if fmt == "coco":
         return read_coco(path, classes, images)
     if fmt == "yolo":

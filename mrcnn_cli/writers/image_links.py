@@ -36,12 +36,3 @@ def place_image(source: Path, target: Path, copy: bool = False) -> None:
             except OSError:  # no links here (some network and FAT filesystems)
                 pass
         shutil.copyfile(source, tmp)
-
-
-def image_in_place(source: Path, target: Path, copy: bool = False) -> bool:
-    """Whether `target` is still the image a run placed: a link to `source`, or a copy."""
-    if copy:
-        return target.is_file() and not target.is_symlink()
-    if target.is_symlink():
-        return os.readlink(target) == os.path.abspath(source)
-    return target.is_file()  # a copy made where links could not be

@@ -3,12 +3,13 @@
     labelstudio/tasks.json     a list of tasks, one per image (Import in a project)
     labelstudio/config.xml     the labeling config they match (Settings > Labeling Interface)
 
-Each task's `data.image` is the `--image-prefix` followed by the image's relative path
-(default `/data/local-files/?d=`, Label Studio's local files: set the prefix to where
-Label Studio can fetch the images, e.g. `s3://bucket/photos/` or
-`https://host/photos/`). Its one prediction has `model_version`, `score` (the mean of
-the detections' scores) and one `polygonlabels` region per polygon, vertices in percent
-of `original_width`/`original_height` (pixel centres / size * 100, as YOLO's are / size).
+Each task's `data.image` is the `--image-prefix` followed by the image's relative
+path (percent-encoded for web prefixes; default `/data/local-files/?d=`, Label
+Studio's local files: set the prefix to where Label Studio can fetch the images, e.g.
+`s3://bucket/photos/` or `https://host/photos/`). Its one prediction has
+`model_version`, `score` (the mean of the detections' scores) and one `polygonlabels`
+region per polygon, vertices in percent of `original_width`/`original_height` (pixel
+centres / size * 100, as YOLO's are / size).
 
 Holes and several parts: regions are polygons, because annotators edit polygons point
 by point and Label Studio's brush RLE is its own codec no other tool reads. So, as in
@@ -24,6 +25,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 from xml.sax.saxutils import quoteattr
 
 from pycocotools import mask as mask_utils
@@ -63,6 +65,16 @@ def labeling_config(class_names: Sequence[str]) -> str:
         "</View>",
     ]
     return "\n".join(lines) + "\n"
+
+
+def image_url(prefix: str, rel: str) -> str:
+    """`prefix` + the relative path, percent-encoded where the prefix is a web address
+    (`/data/local-files/?d=`, `https://...`: a space or `#` would break the URL, and the
+    server decodes it); kept as it is for storage URIs (`s3://`, `gs://`), which name keys.
+    """
+    if urlsplit(prefix).scheme in ("", "http", "https"):
+        return prefix + quote(rel, safe="/")
+    return prefix + rel
 
 
 def task_for(
@@ -105,7 +117,7 @@ def task_for(
     prediction: dict[str, Any] = {"model_version": model_version, "result": result}
     prediction["score"] = round(sum(scores) / len(scores), 5) if scores else 0.0
     return {
-        "data": {TO_NAME: f"{image_prefix}{record.rel}"},
+        "data": {TO_NAME: image_url(image_prefix, record.rel)},
         "meta": {"image_id": int(image_id), "file_name": record.rel},
         "predictions": [prediction],
     }
