@@ -76,15 +76,27 @@ def test_datumaro_imports_the_cvat_xml_with_every_polygon_labelled(run, inputs, 
 
 
 # --- Ultralytics ---------------------------------------------------------------------
-def test_ultralytics_accepts_the_yolo_data_yaml(run):
+@pytest.fixture(scope="module")
+def ultralytics_utils(tmp_path_factory):
+    """`ultralytics.data.utils` with its settings in a temp folder (not ~/.config), and
+    without `check_det_dataset`'s last step, a plotting-font download (no network in CI;
+    it checks nothing about the dataset)."""
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("ultralytics")))
     utils = pytest.importorskip("ultralytics.data.utils", reason="needs ultralytics")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utils, "check_font", lambda *args, **kwargs: None)
+        yield utils
+
+
+def test_ultralytics_accepts_the_yolo_data_yaml(run, ultralytics_utils):
+    utils = ultralytics_utils
     data = utils.check_det_dataset(str(run / "yolo/data.yaml"))
     assert data["nc"] == 3 and data["names"] == {0: "circle", 1: "square", 2: "triangle"}
     assert Path(data["train"]) == run / "yolo/images" and Path(data["val"]).is_dir()
 
 
-def test_ultralytics_verifies_every_image_and_label(run):
-    utils = pytest.importorskip("ultralytics.data.utils", reason="needs ultralytics")
+def test_ultralytics_verifies_every_image_and_label(run, ultralytics_utils):
+    utils = ultralytics_utils
     images = sorted(str(p) for p in (run / "yolo/images").rglob("*.png"))
     assert len(images) == 5
     for image, label in zip(images, utils.img2label_paths(images)):
