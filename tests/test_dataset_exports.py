@@ -123,6 +123,17 @@ def test_coco_dataset_polygons_and_copies_on_request(inputs, tmp_path):
         assert path.read_bytes() == (inputs / image["file_name"]).read_bytes()
 
 
+def test_coco_polygons_fill_back_to_the_masks_with_pycocotools(inputs, tmp_path):
+    segment(inputs, tmp_path, "--save", "coco,coco-dataset", "--polygons")
+    coco = COCO(str(tmp_path / "coco/annotations/instances_default.json"))
+    masks = [m for ms in prediction_masks(tmp_path).values() for m in ms]
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(anns) == len(masks)  # images and detections in the same order
+    for ann, mask in zip(anns, masks):
+        filled = polygons_to_mask(mask_to_polygons(mask), *mask.shape)
+        assert (coco.annToMask(ann).astype(bool) == filled).all()
+
+
 def test_copy_images_is_part_of_the_resume_settings(inputs, tmp_path):
     segment(inputs, tmp_path, "--save", "coco-dataset")
     again = segment(inputs, tmp_path, "--save", "coco-dataset", "--copy-images")

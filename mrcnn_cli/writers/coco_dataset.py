@@ -15,8 +15,9 @@ and one annotation per detection: `id` (1, 2, ... over the whole run, so unique 
 merged sharded run too), `image_id`, `category_id`, `bbox` (the mask's tight box, xywh),
 `area` (mask pixels), `iscrowd: 0`, `score`, and the mask as RLE whose `size` is the
 image's [height, width], or with `polygons=True` as polygons (outer outlines of each
-part, vertices at pixel centres, holes filled: polygons.py). A detection whose mask is
-empty, or (with polygons) has no polygon, is left out: no tool accepts an empty shape.
+part, holes filled, in COCO's continuous coordinates along the pixel edges, so that
+pycocotools fills them back to the mask: `polygons.pixel_edge_polygons`). A detection
+whose mask is empty is left out: no tool accepts an empty shape.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from mrcnn_cli import __version__
 from mrcnn_cli.atomic import atomic_path
 from mrcnn_cli.journal import ImageRecord
 from mrcnn_cli.writers.classes import real_labels
-from mrcnn_cli.writers.polygons import mask_to_polygons
+from mrcnn_cli.writers.polygons import pixel_edge_polygons
 
 COCO_DATASET_DIR = "coco"
 SUBSET = "default"
@@ -62,7 +63,7 @@ def _segmentation(rle: dict[str, Any], polygons: bool) -> Any:
     mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
     return [
         [float(v) for v in part.reshape(-1).tolist()]
-        for part in mask_to_polygons(mask.astype(bool))
+        for part in pixel_edge_polygons(mask.astype(bool))
     ]
 
 
