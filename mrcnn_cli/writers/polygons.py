@@ -15,6 +15,9 @@ The rules every polygon format follows:
   `epsilon > 0` simplifies further with `cv2.approxPolyDP` (fewer points, a few
   boundary pixels gained or lost; measured on the 346 non-crowd COCO val masks of the test
   data: epsilon 0.5 halves the points and keeps IoU >= 0.88, epsilon 1.0 keeps 0.76).
+- COCO polygons are the exception: COCO's coordinates are continuous (pixel x covers
+  [x, x+1)) and pycocotools fills polygons that way, so `coco-dataset --polygons`
+  traces along the pixel edges instead (`pixel_edge_polygons`).
 - Parts with fewer than 3 vertices or no area are dropped: a one-pixel dot or a
   one-pixel-wide straight line has no polygon, so such a mask gives `[]` and an
   instance made only of such parts is absent from the polygon formats.
