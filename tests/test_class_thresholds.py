@@ -74,6 +74,14 @@ def test_a_bad_class_thr_value_is_a_one_line_usage_error(value, message, tmp_pat
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["video", "eval"])
+def test_video_and_eval_take_class_thr_too(command, tmp_path: Path):
+    args = [command, "-m", "demo", "--class-thr", "square=x", "--out", tmp_path]
+    result = invoke_cli(args + (["x.mp4"] if command == "video" else ["--ann", "a.json"]))
+    assert result.exit_code == 2
+    assert "'--class-thr'" in result.stderr and "is not a number" in result.stderr
+
+
 def test_an_unknown_class_on_the_command_line_exits_2_in_one_line(tmp_path: Path):
     result = invoke_cli(["segment", EXAMPLES / "images", "-m", "demo", "--out", tmp_path,
                          "--class-thr", "squar=0.3", "--quiet"])  # fmt: skip
