@@ -306,6 +306,21 @@ def test_train_data_on_the_command_line(run, tmp_path):
 
 
 # --- train --data: refusals -----------------------------------------------------------
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "give the training data: --data PATH, or --images DIR with --ann FILE"),
+        (["--data", "x.json", "--ann", "y.json"], "give the training data"),
+        (["--ann", "y.json"], "--ann needs --images DIR"),
+        (["--images", ".", "--ann", "y.json", "--classes", "a"], "--classes goes with --data"),
+    ],
+)
+def test_train_says_in_one_line_what_data_it_needs(args, message, tmp_path):
+    result = invoke_cli(["train", "-o", tmp_path, "--quiet", *args])
+    assert result.exit_code == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def labelme_doc(image: str, shapes: list[dict]) -> dict:
     return {"version": "5.5.0", "shapes": shapes, "imagePath": image, "imageData": None,
             "imageHeight": 96, "imageWidth": 96, "flags": {}}  # fmt: skip

@@ -124,6 +124,8 @@ def training_datasets(
         raise MrcnnError("give the training data: --data PATH, or --images DIR with --ann FILE")
     if cfg.ann is not None and cfg.images is None:
         raise MrcnnError("--ann needs --images DIR (the folder its file names are under)")
+    if cfg.classes and cfg.data is None:
+        raise MrcnnError("--classes goes with --data (a COCO file lists its own categories)")
     if cfg.val_data is not None and cfg.val_ann is not None:
         raise MrcnnError("give --val-data or --val-images/--val-ann, not both")
     if (cfg.val_images is None) != (cfg.val_ann is None):
