@@ -386,3 +386,59 @@ def test_a_cvat_label_not_declared_or_a_short_polygon_is_one_clear_error(run, in
     bad_points.write_text(short)
     with pytest.raises(MrcnnError, match=r"is a polygon with 2 point"):
         read_labels(bad_points, images=inputs)
+
+
+# --- holes and several parts, decided per format ------------------------------------
+def ring_and_dot_record():
+    """One instance: a 20x20 square with a 6x6 hole, plus a separate 4x4 dot."""
+    from helpers import TINY_CATEGORY_IDS, TINY_CLASSES, dets_from_masks
+
+    from mrcnn_cli.journal import ImageRecord
+
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 10:30] = True
+    mask[17:23, 17:23] = False  # the hole
+    mask[40:44, 50:54] = True  # the second part
+    dets = dets_from_masks([mask], [2], TINY_CLASSES, TINY_CATEGORY_IDS, [0.8], (48, 64))
+    record = ImageRecord("a/b.png", "/in/a/b.png", 7, 64, 48, dets.to_coco(7), "h")
+    return record, mask
+
+
+def test_coco_dataset_rle_keeps_holes_and_parts_in_one_annotation():
+    from mrcnn_cli.writers.coco_dataset import image_annotations
+
+    record, mask = ring_and_dot_record()
+    [ann] = image_annotations(record, 7, first_id=5)
+    assert ann["id"] == 5 and ann["area"] == mask.sum()
+    rle = {**ann["segmentation"], "counts": ann["segmentation"]["counts"].encode()}
+    assert (mask_utils.decode(rle).astype(bool) == mask).all()
+
+
+def test_coco_dataset_polygons_are_one_per_part_with_holes_filled():
+    from mrcnn_cli.writers.coco_dataset import image_annotations
+
+    record, mask = ring_and_dot_record()
+    [ann] = image_annotations(record, 7, first_id=1, polygons=True)
+    assert len(ann["segmentation"]) == 2
+    filled = mask_utils.decode(
+        mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], 48, 64))
+    )
+    expected = mask.copy()
+    expected[17:23, 17:23] = True
+    assert (filled.astype(bool) == expected).all()
+
+
+def test_labelstudio_gives_each_part_a_region_of_the_same_instance():
+    from mrcnn_cli.writers.labelstudio import task_for
+
+    record, mask = ring_and_dot_record()
+    task = task_for(record, 7, {2: "square"}, "/data/local-files/?d=", "m")
+    regions = task["predictions"][0]["result"]
+    assert len(regions) == 2 and len({r["id"] for r in regions}) == 2
+    assert {r["meta"]["instance"] for r in regions} == {1}
+    assert all(r["value"]["polygonlabels"] == ["square"] and r["score"] == 0.8 for r in regions)
+    parts = [np.array(r["value"]["points"]) * [64 / 100, 48 / 100] for r in regions]
+    expected = mask.copy()
+    expected[17:23, 17:23] = True  # holes filled, as in every polygon format
+    assert (polygons_to_mask(parts, 48, 64) == expected).all()
+    assert task["data"]["image"] == "/data/local-files/?d=a/b.png"
