@@ -20,7 +20,23 @@ SAVE = "coco,coco-dataset,yolo,labelme,cvat,labelstudio"
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    return tiny_scene_tree(tmp_path_factory.mktemp("interop"))
+    """The tiny scenes plus names and encodings a real folder has: a space and an
+    upper-case suffix on an EXIF-rotated JPEG, non-ASCII and `#` on a grayscale PNG."""
+    from PIL import Image
+
+    images = tiny_scene_tree(tmp_path_factory.mktemp("interop"))
+    scene = Image.open(images / "000002.png").convert("RGB")
+    rotated = scene.crop((0, 0, 70, 96))  # 70 wide, 96 high; shown 96 wide, 70 high
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    rotated.save(images / "my photo 1.JPG", exif=exif, quality=95)
+    (images / "ünï").mkdir()
+    Image.open(images / "000003.png").convert("L").save(images / "ünï" / "café #2.png")
+    return images
+
+
+def count(inputs: Path) -> int:
+    return sum(1 for p in inputs.rglob("*") if p.is_file())
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +61,13 @@ def per_image_counts(data: dict) -> dict[str, int]:
 
 
 # --- Datumaro ------------------------------------------------------------------------
-def test_datumaro_imports_the_coco_dataset_with_every_mask_labelled(run):
+def test_datumaro_imports_the_coco_dataset_with_every_mask_labelled(run, inputs):
     dm = pytest.importorskip("datumaro", reason="needs datumaro (pip install -e '.[interop]')")
     dataset = dm.Dataset.import_from(str(run / "coco"), "coco_instances")
     data = coco_instances(run)
     labels = dataset.categories()[dm.AnnotationType.label]
     assert [c.name for c in labels] == ["circle", "square", "triangle"]
-    assert len(dataset) == len(data["images"]) == 5
+    assert len(dataset) == len(data["images"]) == count(inputs)
     got = {}
     for item in dataset:
         masks = [a for a in item.annotations if a.type == dm.AnnotationType.mask]
@@ -71,7 +87,7 @@ def test_datumaro_imports_the_cvat_xml_with_every_polygon_labelled(run, inputs, 
         a for item in dataset for a in item.annotations if a.type == dm.AnnotationType.polygon
     ]
     xml_polygons = list(ET.parse(run / "cvat.xml").getroot().iter("polygon"))
-    assert len(dataset) == 5 and len(polygons) == len(xml_polygons) > 0
+    assert len(dataset) == count(inputs) and len(polygons) == len(xml_polygons) > 0
     assert all(a.label is not None for a in polygons)
 
 
@@ -95,26 +111,30 @@ def test_ultralytics_accepts_the_yolo_data_yaml(run, ultralytics_utils):
     assert Path(data["train"]) == run / "yolo/images" and Path(data["val"]).is_dir()
 
 
-def test_ultralytics_verifies_every_image_and_label(run, ultralytics_utils):
+def test_ultralytics_verifies_every_image_and_label(run, inputs, ultralytics_utils):
     utils = ultralytics_utils
-    images = sorted(str(p) for p in (run / "yolo/images").rglob("*.png"))
-    assert len(images) == 5
+    images = sorted(str(p) for p in (run / "yolo/images").rglob("*") if p.is_file())
+    assert len(images) == count(inputs)
+    sizes = {im["file_name"]: (im["height"], im["width"])
+             for im in json.loads((run / "images.json").read_text())}  # fmt: skip
     for image, label in zip(images, utils.img2label_paths(images)):
         result = utils.verify_image_label((image, label, "", False, 3, 0, 0, False))
-        _, labels, _, segments, _, missing, found, empty, corrupt, message = result
+        _, labels, shape, segments, _, missing, found, empty, corrupt, message = result
         assert (missing, corrupt, message) == (0, 0, ""), message
+        rel = Path(image).relative_to(run / "yolo/images").as_posix()
+        assert shape == sizes[rel]  # EXIF orientation applied alike
         lines = Path(label).read_text().splitlines()
         assert len(labels) == len(segments) == len(lines)
         assert found + empty == 1
 
 
 # --- Label Studio --------------------------------------------------------------------
-def test_label_studio_accepts_every_prediction(run):
+def test_label_studio_accepts_every_prediction(run, inputs):
     sdk = pytest.importorskip("label_studio_sdk.label_interface", reason="needs label-studio-sdk")
     interface = sdk.LabelInterface((run / "labelstudio/config.xml").read_text())
     tasks = json.loads((run / "labelstudio/tasks.json").read_text())
     predictions = [p for task in tasks for p in task["predictions"]]
-    assert len(predictions) == 5 and sum(len(p["result"]) for p in predictions) > 0
+    assert len(predictions) == count(inputs) and sum(len(p["result"]) for p in predictions) > 0
     assert all(interface.validate_prediction(p) for p in predictions)
 
 
@@ -129,20 +149,22 @@ def test_label_studio_refuses_a_prediction_that_does_not_match_the_config(run):
 
 
 # --- pycocotools and LabelMe ---------------------------------------------------------
-def test_pycocotools_indexes_the_coco_dataset(run):
+def test_pycocotools_indexes_the_coco_dataset(run, inputs):
     from pycocotools.coco import COCO
 
     coco = COCO(str(run / "coco/annotations/instances_default.json"))
-    assert len(coco.getImgIds()) == 5 and len(coco.getAnnIds()) == len(coco.dataset["annotations"])
+    assert len(coco.getImgIds()) == count(inputs) and len(coco.getAnnIds()) == len(
+        coco.dataset["annotations"]
+    )
     for ann in coco.loadAnns(coco.getAnnIds()):
         image = coco.imgs[ann["image_id"]]
         assert coco.annToMask(ann).shape == (image["height"], image["width"])
 
 
-def test_labelme_reads_every_json(run):
+def test_labelme_reads_every_json(run, inputs):
     labelme = pytest.importorskip("labelme", reason="needs labelme")
     files = sorted((run / "labelme").rglob("*.json"))
-    assert len(files) == 5
+    assert len(files) == count(inputs)
     for path in files:
         loaded = labelme.LabelFile(str(path))  # reads the image through imagePath, too
         assert len(loaded.shapes) == len(json.loads(path.read_text())["shapes"])
