@@ -466,12 +466,3 @@ def read_labels(
     if fmt == "cvat":
         return read_cvat(path, classes, images)
     return read_labelme(path, classes)
-
-
-def label_counts(labels: LabelSet) -> dict[str, int]:
-    """Instances per class name (a summary line for the user)."""
-    names = {int(c["id"]): str(c["name"]) for c in labels.coco["categories"]}
-    counts = {name: 0 for name in names.values()}
-    for ann in labels.coco["annotations"]:
-        counts[names[int(ann["category_id"])]] += 1
-    return counts
