@@ -1,8 +1,9 @@
 """Whole jobs from Python: the same runs as `mrcnn segment`, `mrcnn video` and `mrcnn eval`.
 
 Options are the commands' long names with underscores: model options (`model`,
-`weights`, `device`, `score_thr`, `max_det`, `classes`, `mask_thr`, ...) and job options
-(`save`, `mask_format`, `batch_size`, `overwrite`, ...). Runs are silent unless a
+`weights`, `device`, `score_thr`, `max_det`, `classes`, `class_thr` ({name: threshold}),
+`mask_thr`, ...) and job options (`save`, `mask_format`, `batch_size`, `overwrite`,
+`export` (an `ExportOptions` or its fields as a dict), ...). Runs are silent unless a
 `progress` listener is given, and return the summary instead of printing it.
 
     >>> from mrcnn_cli import segment
@@ -17,7 +18,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mrcnn_cli.config import EvalConfig, ModelConfig, SegmentConfig, VideoConfig
+from mrcnn_cli.config import (
+    EvalConfig,
+    ExportOptions,
+    ModelConfig,
+    SegmentConfig,
+    VideoConfig,
+    as_class_thresholds,
+)
 from mrcnn_cli.progress import ProgressListener, RunSummary
 
 if TYPE_CHECKING:
@@ -37,7 +45,11 @@ def _split_options(options: dict[str, Any], job: type) -> tuple[ModelConfig, dic
     model = {k: v for k, v in options.items() if k in model_names}
     if model.get("classes") is not None:
         model["classes"] = tuple(str(c) for c in model["classes"])
+    if "class_thr" in model:  # {name: thr} or "name=thr,..."
+        model["class_thr"] = as_class_thresholds(model["class_thr"])
     job_options = {k: v for k, v in options.items() if k in job_names}
+    if isinstance(job_options.get("export"), dict):
+        job_options["export"] = ExportOptions(**job_options["export"])
     for key in ("save", "iou_types"):
         if isinstance(job_options.get(key), str):
             job_options[key] = tuple(p.strip() for p in job_options[key].split(","))

@@ -19,13 +19,17 @@ DEFAULT_MAX_PIXELS = 178_956_970
 DEFAULT_MODEL = "maskrcnn_resnet50_fpn"
 
 IMAGE_SAVE_KINDS = (
-    "overlay", "masks", "coco", "yolo", "labelme", "cvat", "csv", "crops", "report"
+    "overlay", "masks", "coco", "coco-dataset", "yolo", "labelme", "cvat", "labelstudio",
+    "csv", "crops", "report",
 )  # fmt: skip
+# Kinds whose dataset holds the input images (links or copies) beside the labels.
+DATASET_IMAGE_KINDS = frozenset({"yolo", "coco-dataset"})
+LABELSTUDIO_PREFIX = "/data/local-files/?d="  # Label Studio's local-files serving URL
 VIDEO_SAVE_KINDS = ("video", "masks", "coco", "mot", "report")
 # Kinds that change no per-image or per-video file: left out of the settings hash, so
 # adding or dropping them redoes nothing (a missing thumbnail redoes its image: see
 # engine.outputs_exist).
-RUN_LEVEL_KINDS = frozenset({"report"})
+RUN_LEVEL_KINDS = frozenset({"report", "labelstudio"})
 IOU_TYPES = ("bbox", "segm")
 ROI_OPS = ("align", "pool")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -65,6 +69,8 @@ class ModelConfig:
     score_thr: float = 0.5
     max_det: int = 100
     classes: tuple[str, ...] | None = None
+    # per-class score thresholds, (class name or id, threshold) sorted; others: score_thr
+    class_thr: tuple[tuple[str, float], ...] | None = None
     mask_thr: float = 0.5
     roi_op: str | None = None
     tile: int | None = None  # sliced inference: tiles of this many pixels (None: whole image)
@@ -82,6 +88,9 @@ class ModelConfig:
             raise MrcnnError("--score-thr and --mask-thr must be between 0 and 1")
         if self.max_det < 1:
             raise MrcnnError("--max-det must be at least 1")
+        for name, thr in self.class_thr or ():
+            if not 0.0 <= thr <= 1.0:
+                raise MrcnnError(f"--class-thr: {name}={thr} is not between 0 and 1")
         if self.precision not in PRECISIONS:
             raise MrcnnError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
@@ -102,10 +111,17 @@ class ModelConfig:
         settings = asdict(self)
         settings.pop("device")
         settings["channels_last"] = self.channels_last_in_use
+        if not self.class_thr:  # absent, so runs from before the option keep their hash
+            settings.pop("class_thr")
         if self.tile is None:  # tile settings change nothing without tiles
             settings.pop("tile_overlap")
             settings.pop("tile_full")
         return settings
+
+    @property
+    def lowest_score_thr(self) -> float:
+        """The model's own score cut: the lowest threshold any class has."""
+        return min([self.score_thr, *(thr for _, thr in self.class_thr or ())])
 
     @property
     def channels_last_in_use(self) -> bool:
@@ -113,6 +129,40 @@ class ModelConfig:
         if self.channels_last is not None:
             return self.channels_last
         return self.precision != "fp32"
+
+
+def parse_class_thresholds(value: str | None) -> tuple[tuple[str, float], ...] | None:
+    """`person=0.7,car=0.3` -> (('car', 0.3), ('person', 0.7)); a bad entry is a MrcnnError.
+
+    Names (or category ids) are checked against the model when it is loaded.
+    """
+    if value is None or not value.strip():
+        return None
+    found: dict[str, float] = {}
+    for entry in (part.strip() for part in value.split(",")):
+        name, sep, number = entry.rpartition("=")
+        name = name.strip()
+        if not entry or not sep or not name:
+            raise MrcnnError(f"--class-thr: expected NAME=SCORE, got {entry!r}")
+        try:
+            thr = float(number)
+        except ValueError:
+            bad = number.strip()
+            raise MrcnnError(f"--class-thr: {entry!r}: {bad!r} is not a number") from None
+        if not 0.0 <= thr <= 1.0:
+            raise MrcnnError(f"--class-thr: {entry!r}: the score must be between 0 and 1")
+        if name in found:
+            raise MrcnnError(f"--class-thr: {name!r} is given twice")
+        found[name] = thr
+    return tuple(sorted(found.items()))
+
+
+def as_class_thresholds(value: Any) -> tuple[tuple[str, float], ...] | None:
+    """`{name: thr}`, `"name=thr,..."` or pairs -> the sorted tuple ModelConfig keeps."""
+    if value is None or isinstance(value, str):
+        return parse_class_thresholds(value)
+    pairs = value.items() if isinstance(value, dict) else value
+    return tuple(sorted((str(k), float(v)) for k, v in pairs)) or None
 
 
 def _check_batch_size(batch_size: int | None) -> None:
@@ -131,6 +181,31 @@ def _check_save(save: tuple[str, ...], allowed: tuple[str, ...]) -> None:
 
 
 @dataclass(frozen=True)
+class ExportOptions:
+    """How the dataset exports are laid out (`--save coco-dataset,yolo,labelstudio`).
+
+    polygons: coco-dataset masks as polygons instead of RLE;
+    copy_images: copy the inputs into the datasets instead of linking them;
+    val_split: the fraction of images the YOLO data.yaml lists as `val` (0: val is train);
+    image_prefix: what Label Studio's `data.image` is: this prefix + the relative path.
+    Only `copy_images` changes per-image files (it is in the resume settings); the
+    others shape run-level files rebuilt at every run's end.
+    """
+
+    polygons: bool = False
+    copy_images: bool = False
+    val_split: float = 0.0
+    image_prefix: str = LABELSTUDIO_PREFIX
+
+    def validate(self) -> None:
+        if not 0.0 <= self.val_split < 1.0:
+            raise MrcnnError("--val-split must be at least 0 and below 1")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class SegmentConfig:
     """One `mrcnn segment` job: inputs, where the outputs go, and which outputs."""
 
@@ -146,10 +221,12 @@ class SegmentConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     overlay_style: OverlayStyle = field(default_factory=OverlayStyle)
     track: TrackSettings | None = None  # for the videos among the inputs
+    export: ExportOptions = field(default_factory=ExportOptions)
 
     def validate(self) -> None:
         self.model.validate()
         _check_save(self.save, IMAGE_SAVE_KINDS)
+        self.export.validate()
         if self.mask_format not in MASK_FORMATS:
             raise MrcnnError(f"--mask-format must be one of {', '.join(MASK_FORMATS)}")
         _check_batch_size(self.batch_size)
@@ -158,12 +235,15 @@ class SegmentConfig:
 
     def output_settings(self) -> dict[str, Any]:
         """What changes an image's outputs (model files are fingerprinted by the caller)."""
-        return {
+        settings = {
             "model": self.model.output_settings(),
             "save": output_kinds(self.save),
             "mask_format": self.mask_format,
             "style": asdict(self.overlay_style),
         }
+        if self.export.copy_images and DATASET_IMAGE_KINDS & set(self.save):
+            settings["copy_images"] = True  # absent otherwise: older runs keep their hash
+        return settings
 
     def video_config(self) -> VideoConfig:
         """Videos met by `mrcnn segment`: overlays become the MP4, masks and COCO per frame

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -41,14 +41,16 @@ from mrcnn_cli.sources import SourceItem, source_stamp
 from mrcnn_cli.video.job import process_video, report_row
 from mrcnn_cli.writers import output_path
 from mrcnn_cli.writers.coco import assign_image_ids
+from mrcnn_cli.writers.coco_dataset import coco_dataset_images_dir
 from mrcnn_cli.writers.crops import crops_folder, write_crops
+from mrcnn_cli.writers.image_links import dataset_image_path, place_image
 from mrcnn_cli.writers.labelme import labelme_path, write_labelme
 from mrcnn_cli.writers.masks import write_masks
 from mrcnn_cli.writers.overlay import annotate, encode_jpeg, overlay_path, write_overlay
 from mrcnn_cli.writers.report import REPORT_FILE, ReportRun, report_settings, write_run_report
 from mrcnn_cli.writers.run_files import write_run_files
 from mrcnn_cli.writers.thumbs import THUMBS_DIR, thumb_path, write_thumbnail
-from mrcnn_cli.writers.yolo import write_yolo_labels, yolo_label_path
+from mrcnn_cli.writers.yolo import write_yolo_labels, yolo_images_dir, yolo_label_path
 
 
 def output_settings(cfg: SegmentConfig, batch_size: int) -> dict[str, Any]:
@@ -162,6 +164,10 @@ class ImageWriter:
             write_masks(out, item.rel, dets, h, w, self.cfg.mask_format)
         if "yolo" in save:
             write_yolo_labels(out, item.rel, dets, h, w)
+        for folder in dataset_image_dirs(self.cfg):
+            place_image(
+                item.path, dataset_image_path(folder, item.rel), self.cfg.export.copy_images
+            )
         if "labelme" in save:
             write_labelme(out, item.rel, item.path, dets, h, w)
         if "crops" in save:
@@ -178,6 +184,23 @@ class ImageWriter:
             stamp=decoded.stamp,
         )
         return len(dets)
+
+
+def model_version(cfg: SegmentConfig) -> str:
+    """What the exports name the model by (Label Studio's `model_version`)."""
+    from mrcnn_cli import __version__
+
+    return f"{Path(cfg.model.model).name} (mrcnn {__version__})"
+
+
+def dataset_image_dirs(cfg: SegmentConfig) -> list[Path]:
+    """The folders the dataset exports keep the input images in (links or copies)."""
+    dirs = []
+    if "yolo" in cfg.save:
+        dirs.append(yolo_images_dir(cfg.out))
+    if "coco-dataset" in cfg.save:
+        dirs.append(coco_dataset_images_dir(cfg.out))
+    return dirs
 
 
 def outputs_exist(cfg: SegmentConfig, rel: PurePosixPath, detections: int) -> bool:
@@ -197,6 +220,7 @@ def outputs_exist(cfg: SegmentConfig, rel: PurePosixPath, detections: int) -> bo
         files.append(labelme_path(out, rel))
     if "report" in save:
         files.append(thumb_path(out, rel))
+    files.extend(dataset_image_path(folder, rel) for folder in dataset_image_dirs(cfg))
     folders = []
     if detections:
         if "masks" in save and cfg.mask_format == "binary":
@@ -303,7 +327,8 @@ def _segment(
     image_ids = assign_image_ids(all_images, known)  # over all inputs: shards agree
     if shard is not None:
         write_manifest(cfg.out, shard, run.items, image_ids, digest, cfg.save,
-                       segmenter.class_names, segmenter.category_ids)  # fmt: skip
+                       segmenter.class_names, segmenter.category_ids,
+                       {**cfg.export.as_dict(), "model_version": model_version(cfg)})  # fmt: skip
     writer = ImageWriter(cfg, journal, digest, image_ids)
 
     with Tally(len(items) + len(videos) + len(run.failures), listener=progress) as tally:
@@ -329,7 +354,8 @@ def _segment(
         rels = [it.rel for it in items]
         names, ids = segmenter.class_names, segmenter.category_ids
         for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
-                                      names, ids, shard):  # fmt: skip
+                                      names, ids, shard, cfg.export,
+                                      model_version(cfg)):  # fmt: skip
             tally.fail(failed)
         if "report" in cfg.save:  # last: it shows the other files' failures too
             for failed in write_segment_report(cfg, batch_size, tally.summary(), journal, rels,

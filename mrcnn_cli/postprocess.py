@@ -136,6 +136,29 @@ def _origins(places: Sequence[_Placement | None]) -> np.ndarray:
     return np.array([(p.cx0, p.cy0) if p else (0, 0) for p in places], np.int64).reshape(-1, 2)
 
 
+def _class_lookup(
+    class_names: Sequence[str], category_ids: Sequence[int]
+) -> tuple[dict[str, int], dict[int, int]]:
+    real = [i for i, name in enumerate(class_names) if i > 0 and name != "N/A"]
+    by_name = {class_names[i].lower(): i for i in real}
+    by_id = {int(category_ids[i]): i for i in real}
+    return by_name, by_id
+
+
+def _label_of(
+    entry: str, option: str, class_names: Sequence[str], category_ids: Sequence[int]
+) -> int:
+    """A class name (any case) or category id -> the model's label index, else a usage error."""
+    by_name, by_id = _class_lookup(class_names, category_ids)
+    key = entry.strip().lower()
+    if key in by_name:
+        return by_name[key]
+    if key.isdigit() and int(key) in by_id:
+        return by_id[int(key)]
+    known = ", ".join(n for n in class_names[1:] if n != "N/A")
+    raise MrcnnError(f"{option}: unknown class {entry!r}; this model knows: {known}")
+
+
 def resolve_class_filter(
     requested: Sequence[str] | None, class_names: Sequence[str], category_ids: Sequence[int]
 ) -> frozenset[int] | None:
@@ -145,17 +168,58 @@ def resolve_class_filter(
     """
     if not requested:
         return None
-    real = [i for i, name in enumerate(class_names) if i > 0 and name != "N/A"]
-    by_name = {class_names[i].lower(): i for i in real}
-    by_id = {int(category_ids[i]): i for i in real}
-    labels: set[int] = set()
-    for entry in requested:
-        key = entry.strip().lower()
-        if key in by_name:
-            labels.add(by_name[key])
-        elif key.isdigit() and int(key) in by_id:
-            labels.add(by_id[int(key)])
-        else:
-            known = ", ".join(n for n in class_names[1:] if n != "N/A")
-            raise MrcnnError(f"--classes: unknown class {entry!r}; this model knows: {known}")
-    return frozenset(labels)
+    return frozenset(_label_of(e, "--classes", class_names, category_ids) for e in requested)
+
+
+def resolve_class_thresholds(
+    requested: Sequence[tuple[str, float]] | None,
+    class_names: Sequence[str],
+    category_ids: Sequence[int],
+) -> dict[int, float]:
+    """`--class-thr` entries (names or category ids) -> {model label index: threshold}."""
+    out: dict[int, float] = {}
+    for entry, thr in requested or ():
+        label = _label_of(entry, "--class-thr", class_names, category_ids)
+        if label in out:
+            raise MrcnnError(f"--class-thr: {entry!r} names a class given twice")
+        out[label] = float(thr)
+    return out
+
+
+def per_class_score_cut(
+    roi_heads: torch.nn.Module,
+    thresholds: dict[int, float],
+    default: float,
+    max_det: int,
+    num_labels: int,
+) -> None:
+    """Make `roi_heads` keep, per image, the `max_det` best detections whose score is above
+    their own class's threshold (`default` for the others), before the mask head runs.
+
+    torchvision's `postprocess_detections` applies one threshold, then NMS, then keeps the
+    top `detections_per_img`; cutting per class after that could keep fewer than
+    `max_det` where more pass. So the model is run with the lowest threshold and no top-k
+    (its `score_thresh` is set by the caller), and the per-class cut and the top-k are
+    done here, on the score-sorted list NMS returns: the same rule, one threshold per class.
+    """
+    original = roi_heads.postprocess_detections
+    table = torch.full((num_labels,), float(default))
+    for label, thr in thresholds.items():
+        table[label] = thr
+
+    def postprocess(class_logits, box_regression, proposals, image_shapes):  # noqa: ANN001
+        saved = roi_heads.detections_per_img
+        roi_heads.detections_per_img = None  # keep[:None]: every detection NMS leaves
+        try:
+            boxes, scores, labels = original(class_logits, box_regression, proposals, image_shapes)
+        finally:
+            roi_heads.detections_per_img = saved
+        out_boxes, out_scores, out_labels = [], [], []
+        for b, s, lab in zip(boxes, scores, labels):
+            keep = torch.where(s > table.to(s.device)[lab])[0][:max_det]
+            out_boxes.append(b[keep])
+            out_scores.append(s[keep])
+            out_labels.append(lab[keep])
+        return out_boxes, out_scores, out_labels
+
+    roi_heads.postprocess_detections = postprocess

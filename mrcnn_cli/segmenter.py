@@ -14,7 +14,7 @@ by image, so one bad image fails alone instead of taking its batch-mates with it
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torchvision.models.detection.transform import resize_boxes
 
-from mrcnn_cli.config import DEFAULT_MODEL, ModelConfig
+from mrcnn_cli.config import DEFAULT_MODEL, ModelConfig, as_class_thresholds
 from mrcnn_cli.decode import decode_image
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.errors import MrcnnError
@@ -31,7 +31,12 @@ from mrcnn_cli.models.backends import apply_backend
 from mrcnn_cli.models.loading import LoadedModel, default_batch_size, load_model
 from mrcnn_cli.models.precision import autocast, fp32_head_outputs
 from mrcnn_cli.models.threaded_roi import thread_roi_pooling
-from mrcnn_cli.postprocess import paste_masks, resolve_class_filter
+from mrcnn_cli.postprocess import (
+    paste_masks,
+    per_class_score_cut,
+    resolve_class_filter,
+    resolve_class_thresholds,
+)
 from mrcnn_cli.tiling import segment_tiled
 
 
@@ -75,8 +80,10 @@ class Segmenter:
     `model` is an architecture (`maskrcnn_resnet50_fpn`, `maskrcnn_resnet50_fpn_v2`), a
     bundled name (`demo`) or a checkpoint written by `mrcnn train`. `classes` keeps only
     those classes (names or category ids); `score_thr`, `max_det` and `mask_thr` are
-    applied as in torchvision. `precision` is fp32 (torchvision's numbers exactly), bf16
-    (CPUs with avx512_bf16/AMX, CUDA) or fp16 (CUDA; `half=True` says the same);
+    applied as in torchvision; `class_thr` ({name or id: threshold}) gives classes their
+    own score threshold (before the top `max_det` are kept, as torchvision's one is).
+    `precision` is fp32 (torchvision's numbers exactly), bf16 (CPUs with
+    avx512_bf16/AMX, CUDA) or fp16 (CUDA; `half=True` says the same);
     `channels_last` None follows the precision. `tile` runs each image as overlapping
     tiles of that many pixels at native resolution (small objects in large images; see
     tiling.py), merged back into one set of detections, plus the whole image with
@@ -95,6 +102,7 @@ class Segmenter:
         score_thr: float = 0.5,
         max_det: int = 100,
         classes: Sequence[str | int] | None = None,
+        class_thr: Mapping[str | int, float] | None = None,
         mask_thr: float = 0.5,
         precision: str = "fp32",
         channels_last: bool | None = None,
@@ -116,6 +124,7 @@ class Segmenter:
             score_thr=score_thr,
             max_det=max_det,
             classes=tuple(str(c) for c in classes) if classes else None,
+            class_thr=as_class_thresholds(class_thr),
             mask_thr=mask_thr,
             roi_op=roi_op,
             tile=tile,
@@ -167,6 +176,12 @@ class Segmenter:
         self.keep_labels = resolve_class_filter(
             config.classes, loaded.class_names, loaded.category_ids
         )
+        self.class_thr = resolve_class_thresholds(
+            config.class_thr, loaded.class_names, loaded.category_ids
+        )
+        if self.class_thr and tune:  # a training model (from_loaded) is left as it is
+            per_class_score_cut(loaded.model.roi_heads, self.class_thr, config.score_thr,
+                                config.max_det, len(loaded.class_names))  # fmt: skip
 
     # --- what callers read --------------------------------------------------------
     @property
@@ -313,7 +328,10 @@ class Segmenter:
 
 def _load(config: ModelConfig) -> LoadedModel:
     config.validate()
-    overrides = {"box_score_thresh": config.score_thr, "box_detections_per_img": config.max_det}
+    overrides = {
+        "box_score_thresh": config.lowest_score_thr,  # per-class cuts above it: segmenter
+        "box_detections_per_img": config.max_det,
+    }
     return load_model(
         config.model,
         config.weights,

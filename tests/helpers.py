@@ -68,3 +68,19 @@ def dets_from_masks(
     stacked = np.stack(masks) if masks else np.zeros((0, *shape), bool)
     boxes = np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1))
     return Detections(boxes, scores or [0.9] * n, labels, stacked, class_names, category_ids)
+
+
+def tiny_scene_tree(root: Path) -> Path:
+    """`root/src/images`: four generated 96x96 scenes the demo model segments, and one
+    96x72 crop in a subfolder (a non-square size, a nested relative path)."""
+    import cv2
+
+    from mrcnn_cli.train.synthetic import write_dataset
+
+    src = root / "src"
+    write_dataset(src, num_images=4, seed=5, size=96)
+    images = src / "images"
+    (images / "sub").mkdir()
+    image = cv2.imread(str(images / "000001.png"))
+    cv2.imwrite(str(images / "sub" / "wide.png"), image[10:82, :])
+    return images

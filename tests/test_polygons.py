@@ -231,3 +231,30 @@ def test_a_joined_polygon_covers_every_part_plus_thin_bridges() -> None:
 def test_joining_nothing_is_refused() -> None:
     with pytest.raises(ValueError, match="no polygons"):
         join_polygons([])
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        [(3, 4)],  # a single pixel
+        [(y, x) for y in range(2, 9) for x in range(2, 9) if x <= y],  # a staircase
+        [(y, 5) for y in range(1, 10)] + [(9, x) for x in range(5, 12)],  # an L, 1 px wide
+        [(y, x) for y in range(12) for x in range(14) if (x // 2 + y // 3) % 2],  # holes
+    ],
+)
+def test_pixel_edge_polygons_fill_back_to_the_mask_with_pycocotools(pixels):
+    """COCO polygons (continuous coordinates) give back the mask with its holes filled."""
+    from pycocotools import mask as mask_utils
+
+    from mrcnn_cli.writers.polygons import pixel_edge_polygons
+
+    mask = np.zeros((12, 14), bool)
+    for y, x in pixels:
+        mask[y, x] = True
+    filled = np.zeros_like(mask)
+    for part in pixel_edge_polygons(mask):
+        rle = mask_utils.frPyObjects([part.reshape(-1).tolist()], 12, 14)
+        filled |= mask_utils.decode(rle)[..., 0].astype(bool)
+    outside = np.pad((~mask).astype(np.uint8), 1, constant_values=1)
+    cv2.floodFill(outside, None, (0, 0), 2)  # the background that reaches the border
+    assert (filled == (outside[1:-1, 1:-1] != 2)).all()

@@ -110,10 +110,11 @@ def test_label_path_mirrors_the_input_tree() -> None:
     assert path == Path("/out/yolo/labels/day1/cam2/img.0001.txt")
 
 
-def test_data_yaml_lists_real_classes_by_index_and_their_count() -> None:
-    text = data_yaml_text(CLASS_NAMES)
+def test_data_yaml_lists_root_splits_and_real_classes_by_index() -> None:
+    text = data_yaml_text(CLASS_NAMES, "/data/run/yolo")
     lines = [line for line in text.splitlines() if not line.startswith("#")]
-    assert lines == ["nc: 2", "names:", '  0: "person"', '  1: "car"']
+    assert lines == ['path: "/data/run/yolo"', 'train: "images"', 'val: "images"', "nc: 2",
+                     "names:", '  0: "person"', '  1: "car"']  # fmt: skip
 
 
 def test_data_yaml_quotes_names_that_yaml_would_misread() -> None:
@@ -126,7 +127,20 @@ def test_data_yaml_quotes_names_that_yaml_would_misread() -> None:
 def test_data_yaml_is_written_beside_the_labels_folder(tmp_path: Path) -> None:
     path = write_yolo_data_yaml(tmp_path, CLASS_NAMES)
     assert path == tmp_path / "yolo" / "data.yaml"
-    assert path.read_text() == data_yaml_text(CLASS_NAMES)
+    assert path.read_text() == data_yaml_text(CLASS_NAMES, (tmp_path / "yolo").absolute())
+
+
+def test_a_val_split_lists_each_image_once_by_a_hash_of_its_path(tmp_path: Path) -> None:
+    rels = [f"d/{i:03d}.jpg" for i in range(200)]
+    write_yolo_data_yaml(tmp_path, CLASS_NAMES, rels, val_split=0.25)
+    root = tmp_path / "yolo"
+    train = (root / "train.txt").read_text().splitlines()
+    val = (root / "val.txt").read_text().splitlines()
+    assert sorted(train + val) == sorted(f"./images/{r}" for r in rels)
+    assert 25 <= len(val) <= 75  # about a quarter
+    assert 'train: "train.txt"' in (root / "data.yaml").read_text()
+    write_yolo_data_yaml(tmp_path, CLASS_NAMES, reversed(rels), val_split=0.25)
+    assert sorted((root / "val.txt").read_text().splitlines()) == sorted(val)
 
 
 def test_detections_without_masks_are_refused() -> None:

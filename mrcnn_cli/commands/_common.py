@@ -79,6 +79,17 @@ def _model_option(*decls: str, **kwargs: Any) -> Any:
     return typer.Option(*decls, rich_help_panel="Model", **kwargs)
 
 
+def _class_thr_callback(value: str | None) -> str | None:
+    """Check `--class-thr`'s syntax while Click parses, so a typo is a usage error (exit 2)."""
+    from mrcnn_cli.config import parse_class_thresholds
+
+    try:
+        parse_class_thresholds(value)
+    except MrcnnError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--class-thr: ")) from None
+    return value
+
+
 def _model_option_parameters(score_thr: float, score_help: str, with_classes: bool):
     """(name, default, annotation) of every model option, in the order --help shows them."""
     params = [
@@ -107,6 +118,10 @@ def _model_option_parameters(score_thr: float, score_help: str, with_classes: bo
             "--max-det", min=1, help="At most this many detections per image.")]),
         ("classes", None, Annotated[str | None, _model_option(
             "--classes", help="Keep only these classes: comma-separated names or ids.")]),
+        ("class_thr", None, Annotated[str | None, _model_option(
+            "--class-thr", metavar="NAME=SCORE,...", callback=_class_thr_callback,
+            help="Per-class score thresholds, e.g. person=0.7,car=0.3 (names or ids); "
+            "other classes use --score-thr.")]),
         ("mask_thr", 0.5, Annotated[float, _model_option(
             "--mask-thr", min=0.0, max=1.0, help="Mask probability threshold.")]),
         ("roi_op", None, Annotated[str | None, _model_option(
@@ -136,7 +151,7 @@ def model_options(
     whether --model was typed, `model_given: bool`); the options themselves are added to
     its signature here, so every command spells them the same way.
     """
-    from mrcnn_cli.config import DEFAULT_MODEL, ModelConfig
+    from mrcnn_cli.config import DEFAULT_MODEL, ModelConfig, parse_class_thresholds
 
     extra = _model_option_parameters(score_thr, score_help, with_classes)
     names = [name for name, _, _ in extra]
@@ -168,6 +183,7 @@ def model_options(
                 score_thr=v["score_thr"],
                 max_det=v["max_det"],
                 classes=tuple(names_given) if names_given else None,
+                class_thr=parse_class_thresholds(v["class_thr"]),
                 mask_thr=v["mask_thr"],
                 roi_op=v["roi_op"],
                 tile=v["tile"],

@@ -25,7 +25,7 @@ from mrcnn_cli.commands._common import (
     run_or_exit,
     track_settings,
 )
-from mrcnn_cli.config import ModelConfig
+from mrcnn_cli.config import LABELSTUDIO_PREFIX, ModelConfig
 from mrcnn_cli.errors import MrcnnError
 
 
@@ -40,10 +40,11 @@ def segment_command(
         str,
         typer.Option(
             "--save",
-            help="Comma-separated: overlay, masks, coco (predictions.json), yolo (YOLO-seg "
-            "labels), labelme (JSON per image), cvat (cvat.xml), csv (objects.csv), crops "
-            "(RGBA cut-outs), report (report.html: counts, failures, classes, a gallery of "
-            "thumbnails).",
+            help="Comma-separated: overlay, masks, coco (predictions.json), coco-dataset "
+            "(COCO instances dataset for CVAT/Datumaro/FiftyOne), yolo (Ultralytics YOLO-seg "
+            "dataset), labelme (JSON per image), cvat (cvat.xml), labelstudio (Label Studio "
+            "tasks + labeling config), csv (objects.csv), crops (RGBA cut-outs), report "
+            "(report.html: counts, failures, classes, a gallery of thumbnails).",
         ),
     ] = "overlay,coco",
     mask_format: Annotated[
@@ -52,6 +53,43 @@ def segment_command(
     ann: Annotated[
         Path | None, typer.Option("--ann", help="COCO annotations: take image ids from here.")
     ] = None,
+    polygons: Annotated[
+        bool,
+        typer.Option(
+            "--polygons",
+            help="coco-dataset: masks as polygons instead of RLE.",
+            rich_help_panel="Datasets",
+        ),
+    ] = False,
+    copy_images: Annotated[
+        bool,
+        typer.Option(
+            "--copy-images",
+            help="yolo, coco-dataset: copy the images into the dataset (default: symbolic links).",
+            rich_help_panel="Datasets",
+        ),
+    ] = False,
+    val_split: Annotated[
+        float,
+        typer.Option(
+            "--val-split",
+            min=0.0,
+            max=0.99,
+            help="yolo: this fraction of the "
+            "images is listed as val in data.yaml (default 0: val is the train "
+            "set).",
+            rich_help_panel="Datasets",
+        ),
+    ] = 0.0,
+    image_prefix: Annotated[
+        str,
+        typer.Option(
+            "--image-prefix",
+            help="labelstudio: data.image is this prefix + the "
+            "image's relative path (a URL, a bucket, Label Studio's local files).",
+            rich_help_panel="Datasets",
+        ),
+    ] = LABELSTUDIO_PREFIX,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = 2,
     overwrite: Annotated[
@@ -100,7 +138,7 @@ def segment_command(
     debug: DebugOpt = False,
 ) -> None:
     """Segment images; write overlays, PNG masks and/or COCO results JSON under --out."""
-    from mrcnn_cli.config import SegmentConfig
+    from mrcnn_cli.config import ExportOptions, SegmentConfig
 
     def job():
         cfg = SegmentConfig(
@@ -114,6 +152,7 @@ def segment_command(
             overwrite=overwrite,
             workers=workers,
             track=track_settings(track, track_buffer, tracker),
+            export=ExportOptions(polygons, copy_images, val_split, image_prefix),
         )
         ray_given = [ray_address, num_workers, gpus_per_worker, cpus_per_worker != 1.0]
         if engine == "local":

@@ -1,4 +1,4 @@
-"""`mrcnn train` and `mrcnn synth`: train Mask R-CNN on a COCO-format dataset."""
+"""`mrcnn train` and `mrcnn synth`: train Mask R-CNN on COCO, YOLO-seg, LabelMe or CVAT data."""
 
 from __future__ import annotations
 
@@ -19,9 +19,41 @@ ARCH_HELP = (
 
 
 def train_command(
-    images: Annotated[Path, typer.Option("--images", help="Folder of training images.")],
-    ann: Annotated[Path, typer.Option("--ann", help="COCO instances JSON for --images.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, metrics).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Training data as the labelling tools export it (format detected): a COCO "
+            "instances .json, a YOLO-seg data.yaml, a CVAT for images .xml, or a folder of "
+            "LabelMe .json.",
+        ),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="Folder of training images (for --ann; with --data: "
+            "the images of a COCO or CVAT file).",
+        ),
+    ] = None,
+    ann: Annotated[
+        Path | None, typer.Option("--ann", help="COCO instances JSON for --images.")
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            "--classes",
+            help="With --data: the class list, in order, comma-separated "
+            "(default: the data's own; every label must be in it).",
+        ),
+    ] = None,
+    val_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--val-data", help="Validation data in any --data format (YOLO: its val split)."
+        ),
+    ] = None,
     val_images: Annotated[Path | None, typer.Option("--val-images")] = None,
     val_ann: Annotated[Path | None, typer.Option("--val-ann")] = None,
     arch: Annotated[str, typer.Option("--arch", help=ARCH_HELP)] = ("maskrcnn_resnet18_fpn_lite"),
@@ -50,12 +82,17 @@ def train_command(
     debug: DebugOpt = False,
 ) -> None:
     """Train (or fine-tune) Mask R-CNN; keeps last.pt, best.pt (by val segm AP), final.pt."""
+    from mrcnn_cli.commands._common import parse_classes
     from mrcnn_cli.train.loop import TrainConfig, train
 
+    names = parse_classes(classes)
     cfg = TrainConfig(
         images=images,
         ann=ann,
         out=out,
+        data=data,
+        val_data=val_data,
+        classes=tuple(names) if names else None,
         val_images=val_images,
         val_ann=val_ann,
         arch=arch,

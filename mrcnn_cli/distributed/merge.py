@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn_cli.atomic import atomic_path
+from mrcnn_cli.config import ExportOptions
 from mrcnn_cli.distributed.shards import ShardItem, ShardManifest, read_manifests, shard_file_name
 from mrcnn_cli.errors import EXIT_SOME_FAILED, FailedItem, MrcnnError
 from mrcnn_cli.journal import (
@@ -98,10 +99,14 @@ def merge_shards(folders: Sequence[Path], out: Path, move: bool = False) -> Merg
     journal = Journal(out)
     counts = journal.write_coco(out / PREDICTIONS_FILE, out / IMAGES_FILE, rels, settings, ids)
     summary.images, summary.detections = counts.images, counts.detections
-    others = [k for k in manifest.save if k not in ("coco", "report")]  # csv, cvat, yaml
+    others = [k for k in manifest.save if k not in ("coco", "report")]  # csv, cvat, datasets
     if others and manifest.class_names:
+        export = dict(manifest.export)
+        version = str(export.pop("model_version", "mrcnn"))
         failed += write_run_files(out, others, journal, rels, settings, ids,
-                                  manifest.class_names, manifest.category_ids)  # fmt: skip
+                                  manifest.class_names, manifest.category_ids,
+                                  export=ExportOptions(**export),
+                                  model_version=version)  # fmt: skip
     if "report" in manifest.save:  # from the merged journal, like the files above
         failed += _write_report(out, folders, manifest, journal, rels, ids, summary, failed, start)
     problem = write_failures(out, failed)
@@ -271,13 +276,18 @@ def _prepare_out(out: Path) -> None:
         raise MrcnnError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
 
 
+# Folders whose shard-tagged files are run-level files that merge rebuilds.
+_RUN_FILE_DIRS = (".", "coco/annotations", "labelstudio", "yolo")
+
+
 def _is_shard_file(rel: Path) -> bool:
     """The shards' own COCO and failure files and state: merged, not copied."""
     if rel.parts[0] == STATE_DIR:
         return True
     top = len(rel.parts) == 1
     names = (PREDICTIONS_FILE, IMAGES_FILE, FAILURES_FILE)
-    return top and (rel.name in names or ".shard-" in rel.name)
+    tagged = ".shard-" in rel.name and rel.parent.as_posix() in _RUN_FILE_DIRS
+    return (top and rel.name in names) or tagged
 
 
 def _bring_files(folder: Path, out: Path, move: bool, summary: MergeSummary) -> None:
@@ -297,7 +307,17 @@ def _bring_files(folder: Path, out: Path, move: bool, summary: MergeSummary) -> 
 
 
 def _bring(src: Path, dst: Path, move: bool, summary: MergeSummary) -> None:
-    """Hard-link (or copy, or move) `src` to `dst`, replacing what is there atomically."""
+    """Hard-link (or copy, or move) `src` to `dst`, replacing what is there atomically.
+
+    A symbolic link (a dataset's image) is made again, pointing where it pointed."""
+    if src.is_symlink():
+        with atomic_path(dst) as tmp:
+            tmp.unlink()
+            os.symlink(os.readlink(src), tmp)
+        summary.linked += 1
+        if move:
+            src.unlink()
+        return
     if dst.exists() and os.path.samefile(src, dst):
         return
     if move:

@@ -45,6 +45,7 @@ from mrcnn_cli.engine import (
     ImageWriter,
     batch_groups,
     images_to_do,
+    model_version,
     output_settings,
     write_segment_report,
 )
@@ -234,7 +235,8 @@ def _drive(
         names, ids = _class_tables(cfg) if named & set(cfg.save) else ((), ())
         rels = [it.rel for it in items]
         for failed in write_run_files(cfg.out, cfg.save, journal, rels, digest, image_ids,
-                                      names, ids):  # fmt: skip
+                                      names, ids, export=cfg.export,
+                                      model_version=model_version(cfg)):  # fmt: skip
             tally.fail(failed)
         if "report" in cfg.save:
             for failed in write_segment_report(cfg, plan.batch_size, tally.summary(), journal,

@@ -115,6 +115,7 @@ class ShardManifest:
     save: tuple[str, ...] = ()  # the --save kinds: merge rebuilds the run-level files
     class_names: tuple[str, ...] = ()  # the model's, for the files that list classes
     category_ids: tuple[int, ...] = ()
+    export: tuple[tuple[str, Any], ...] = ()  # ExportOptions: how merge lays out datasets
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,6 +129,7 @@ class ShardManifest:
             "save": list(self.save),
             "class_names": list(self.class_names),
             "category_ids": list(self.category_ids),
+            "export": dict(self.export),
         }
 
     @classmethod
@@ -154,6 +156,7 @@ class ShardManifest:
             save=tuple(str(k) for k in data.get("save", ())),
             class_names=tuple(str(n) for n in data.get("class_names", ())),
             category_ids=tuple(int(i) for i in data.get("category_ids", ())),
+            export=tuple(sorted(dict(data.get("export", {})).items())),
         )
 
 
@@ -170,6 +173,7 @@ def write_manifest(
     save: Sequence[str] = (),
     class_names: Sequence[str] = (),
     category_ids: Sequence[int] = (),
+    export: Mapping[str, Any] | None = None,
 ) -> Path:
     """Record what this shard was cut from and what it holds (before any image is run),
     and what `mrcnn merge` needs to rebuild the run-level files (kinds, class names)."""
@@ -187,6 +191,7 @@ def write_manifest(
         tuple(save),
         tuple(class_names),
         tuple(int(i) for i in category_ids),
+        tuple(sorted((export or {}).items())),
     )
     path = manifest_dir(out) / f"{shard.tag}.json"
     write_json(path, manifest.to_json())

@@ -19,6 +19,7 @@ from pycocotools import mask as mask_utils
 from mrcnn_cli.decode import decode_image
 from mrcnn_cli.errors import DecodeError, MrcnnError
 from mrcnn_cli.evaluation.coco_io import read_coco_instances
+from mrcnn_cli.train.readers import LabelSet
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,23 @@ def _segmentation_to_mask(seg: Any, height: int, width: int) -> np.ndarray | Non
 
 
 class CocoInstanceDataset:
-    """Images and instance targets; labels are 1..K in the order of `categories`."""
+    """Images and instance targets; labels are 1..K in the order of `categories`.
 
-    def __init__(self, images_dir: Path | str, ann_path: Path | str) -> None:
+    From a COCO file (`images_dir`, `ann_path`), or from any format `train/readers.py`
+    reads (`from_labels`): both end here, checked the same way.
+    """
+
+    def __init__(
+        self,
+        images_dir: Path | str,
+        ann_path: Path | str,
+        data: dict[str, Any] | None = None,
+    ) -> None:
         self.images_dir = Path(images_dir)
         ann_path = Path(ann_path)
         self.ann_path = ann_path
-        data = read_coco_instances(ann_path)
+        if data is None:
+            data = read_coco_instances(ann_path)
         self.coco_dict = data  # kept: validation builds its COCO index from it
         if not self.images_dir.is_dir():
             raise MrcnnError(f"images folder not found: {self.images_dir}")
@@ -86,6 +97,11 @@ class CocoInstanceDataset:
         for a in anns:
             self.anns_by_image[int(a["image_id"])].append(a)
         self.skipped_annotations = 0
+
+    @classmethod
+    def from_labels(cls, labels: LabelSet) -> CocoInstanceDataset:
+        """A dataset from a tool's export read by `train.readers.read_labels`."""
+        return cls(labels.images_dir, labels.source, labels.coco)
 
     @property
     def class_names(self) -> tuple[str, ...]:

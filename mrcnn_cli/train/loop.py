@@ -30,6 +30,7 @@ from mrcnn_cli.models.precision import autocast, check_precision, fp32_head_outp
 from mrcnn_cli.models.threaded_roi import thread_roi_pooling
 from mrcnn_cli.segmenter import Segmenter
 from mrcnn_cli.train.dataset import CocoInstanceDataset
+from mrcnn_cli.train.readers import detect_format, read_labels
 
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 LOSS_SHORT = {
@@ -43,11 +44,14 @@ LOSS_SHORT = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    images: Path
-    ann: Path
-    out: Path
+    images: Path | None = None  # COCO: the images folder (with --data: for COCO/CVAT)
+    ann: Path | None = None  # COCO instances JSON (or give `data`)
+    out: Path = Path("run")
     val_images: Path | None = None
     val_ann: Path | None = None
+    data: Path | None = None  # any format train/readers.py reads (format detected)
+    val_data: Path | None = None
+    classes: tuple[str, ...] | None = None  # the class list and its order, for `data`
     arch: str = "maskrcnn_resnet18_fpn_lite"
     init: str = "scratch"  # scratch | coco | path to an mrcnn checkpoint
     steps: int = 1000
@@ -110,6 +114,34 @@ def _initial_state(cfg: TrainConfig) -> dict[str, torch.Tensor]:
             raise MrcnnError(f"no COCO weights for {cfg.arch}")
         return state
     return load_checkpoint(cfg.init).state_dict
+
+
+def training_datasets(
+    cfg: TrainConfig,
+) -> tuple[CocoInstanceDataset, CocoInstanceDataset | None]:
+    """The training set and the validation set (None without one) the config names."""
+    if (cfg.data is None) == (cfg.ann is None):
+        raise MrcnnError("give the training data: --data PATH, or --images DIR with --ann FILE")
+    if cfg.ann is not None and cfg.images is None:
+        raise MrcnnError("--ann needs --images DIR (the folder its file names are under)")
+    if cfg.classes and cfg.data is None:
+        raise MrcnnError("--classes goes with --data (a COCO file lists its own categories)")
+    if cfg.val_data is not None and cfg.val_ann is not None:
+        raise MrcnnError("give --val-data or --val-images/--val-ann, not both")
+    if (cfg.val_images is None) != (cfg.val_ann is None):
+        raise MrcnnError("--val-images and --val-ann go together")
+    if cfg.data is not None:
+        train_set = CocoInstanceDataset.from_labels(read_labels(cfg.data, cfg.classes, cfg.images))
+    else:
+        train_set = CocoInstanceDataset(cfg.images, cfg.ann)
+    val = None
+    if cfg.val_data is not None:  # read with the training classes, in their order
+        names = list(train_set.class_names[1:])
+        split = "val" if detect_format(cfg.val_data) == "yolo" else "train"
+        val = CocoInstanceDataset.from_labels(read_labels(cfg.val_data, names, split=split))
+    elif cfg.val_ann is not None:
+        val = CocoInstanceDataset(cfg.val_images, cfg.val_ann)
+    return train_set, val
 
 
 # ----------------------------------------------------------------------------- batches
@@ -200,11 +232,8 @@ def train(
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = pick_device(cfg.device)
     check_precision(cfg.precision, device)
-    if (cfg.val_images is None) != (cfg.val_ann is None):
-        raise MrcnnError("--val-images and --val-ann go together")
     get_architecture(cfg.arch)  # an unknown --arch fails before the data is read
-    dataset = CocoInstanceDataset(cfg.images, cfg.ann)
-    val = CocoInstanceDataset(cfg.val_images, cfg.val_ann) if cfg.val_ann else None
+    dataset, val = training_datasets(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
 
     model, meta = build_for_training(cfg, dataset)

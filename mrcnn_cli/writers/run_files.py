@@ -1,9 +1,10 @@
 """The files a run writes once, at its end, from every image's journal record.
 
-predictions.json and images.json (COCO), objects.csv, cvat.xml and yolo/data.yaml hold
-all images, so they are rebuilt from the records in input order: a resumed run writes
-the same files as an uninterrupted one. A file that cannot be written (a full disk) is
-reported as a failure of that file; the per-image outputs and records stay.
+predictions.json and images.json (COCO), objects.csv, cvat.xml, yolo/data.yaml, the COCO
+instances dataset and Label Studio's tasks.json hold all images, so they are rebuilt
+from the records in input order: a resumed run writes the same files as an
+uninterrupted one. A file that cannot be written (a full disk) is reported as a failure
+of that file; the per-image outputs and records stay.
 """
 
 from __future__ import annotations
@@ -12,21 +13,25 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mrcnn_cli.config import ExportOptions
 from mrcnn_cli.detections import Detections
 from mrcnn_cli.distributed.shards import ShardSpec, shard_file_name
 from mrcnn_cli.errors import FailedItem
 from mrcnn_cli.journal import Journal
 from mrcnn_cli.names import os_error_reason
 from mrcnn_cli.writers.classes import real_class_names
+from mrcnn_cli.writers.coco_dataset import ANNOTATIONS_FILE, coco_dataset_file, write_coco_dataset
 from mrcnn_cli.writers.csv_table import object_rows, write_objects_csv
 from mrcnn_cli.writers.cvat import cvat_fragment, write_cvat_xml
+from mrcnn_cli.writers.labelstudio import LABELSTUDIO_DIR, TASKS_FILE, write_labelstudio
 from mrcnn_cli.writers.yolo import write_yolo_data_yaml
 
 PREDICTIONS_FILE = "predictions.json"
 IMAGES_FILE = "images.json"
 OBJECTS_FILE = "objects.csv"
 CVAT_FILE = "cvat.xml"
-NAMED_CLASS_KINDS = frozenset({"csv", "cvat", "yolo"})  # run files that list class names
+# run files that list class names
+NAMED_CLASS_KINDS = frozenset({"csv", "cvat", "yolo", "coco-dataset", "labelstudio"})
 
 
 class _TablePass:
@@ -83,6 +88,8 @@ def write_run_files(
     class_names: tuple[str, ...],
     category_ids: tuple[int, ...],
     shard: ShardSpec | None = None,
+    export: ExportOptions | None = None,
+    model_version: str = "mrcnn",
 ) -> list[FailedItem]:
     """Write the run-level files `save` asks for; return those that could not be written.
 
@@ -104,8 +111,21 @@ def write_run_files(
     if "cvat" in save:
         labels = real_class_names(class_names)
         jobs.append((cvat, lambda: write_cvat_xml(cvat, labels, tables.all_fragments())))
+    export = export or ExportOptions()
     if "yolo" in save:
-        jobs.append((out / "yolo" / "data.yaml", lambda: write_yolo_data_yaml(out, class_names)))
+        done = lambda: (r.rel for r in journal.records(rels, digest))  # noqa: E731
+        jobs.append((out / "yolo" / "data.yaml", lambda: write_yolo_data_yaml(
+            out, class_names, done(), export.val_split)))  # fmt: skip
+    if "coco-dataset" in save:
+        dataset = coco_dataset_file(out, shard_file_name(ANNOTATIONS_FILE, shard))
+        records = lambda: journal.records(rels, digest)  # noqa: E731
+        jobs.append((dataset, lambda: write_coco_dataset(
+            dataset, records, image_ids, class_names, category_ids, export.polygons)))  # fmt: skip
+    if "labelstudio" in save:
+        tasks = out / LABELSTUDIO_DIR / shard_file_name(TASKS_FILE, shard)
+        records = lambda: journal.records(rels, digest)  # noqa: E731
+        jobs.append((tasks, lambda: write_labelstudio(tasks, records, image_ids, class_names,
+                     category_ids, export.image_prefix, model_version)))  # fmt: skip
     failures = []
     for path, job in jobs:
         try:
