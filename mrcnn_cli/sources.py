@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from mrcnn_cli.errors import FailedItem
+from mrcnn_cli.coco_file import read_coco_instances
+from mrcnn_cli.errors import FailedItem, MrcnnError
 from mrcnn_cli.names import not_regular_reason, os_error_reason
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -528,3 +529,27 @@ def _natural_path_key(rel: PurePosixPath) -> tuple[tuple[list[int | str], str], 
         )
         for part in rel.parts
     )
+
+
+# --- image ids given with the inputs (`--ann`) ---------------------------------------
+
+
+def image_ids_from_annotations(ann_path: Path) -> dict[str, int]:
+    """file_name -> image id from a COCO annotation file, plus basename -> id.
+
+    Basenames are added only when no two images share one, so a folder run over
+    `val2017/` matches COCO's plain file names while ambiguous names never guess.
+    """
+    data = read_coco_instances(ann_path, need=("images",))
+    ids: dict[str, int] = {}
+    by_base: dict[str, set[int]] = {}
+    for entry in data["images"]:
+        if not isinstance(entry.get("file_name"), str):
+            raise MrcnnError(f"{ann_path}: image {entry['id']} has no 'file_name'")
+        name = entry["file_name"].replace("\\", "/")
+        ids[name] = entry["id"]
+        by_base.setdefault(PurePosixPath(name).name, set()).add(entry["id"])
+    for base, found in by_base.items():
+        if len(found) == 1:
+            ids.setdefault(base, next(iter(found)))
+    return ids

@@ -119,8 +119,8 @@ def segment_command(
         if engine == "local":
             if any(v not in (None, False) for v in ray_given):
                 raise MrcnnError("--ray-address and --*-worker(s) options need --engine ray")
-            from mrcnn_cli.distributed.shards import ShardSpec
             from mrcnn_cli.engine import run_segment
+            from mrcnn_cli.shards import ShardSpec
 
             spec = ShardSpec.parse(shard) if shard is not None else None
             return run_segment(cfg, progress_for(quiet), shard=spec)

@@ -49,13 +49,12 @@ from mrcnn_cli.engine import (
     write_segment_report,
 )
 from mrcnn_cli.errors import FailedItem, MrcnnError
-from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
 from mrcnn_cli.journal import STATE_DIR, Journal, close_with_failures, settings_hash
 from mrcnn_cli.models.loading import is_model_path, meta_and_state
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
 from mrcnn_cli.runs import locked_inputs
 from mrcnn_cli.segmenter import ImageError, Segmenter
-from mrcnn_cli.sources import SourceItem, source_stamp
+from mrcnn_cli.sources import SourceItem, image_ids_from_annotations, source_stamp
 from mrcnn_cli.writers.coco import assign_image_ids
 from mrcnn_cli.writers.run_files import NAMED_CLASS_KINDS, write_run_files
 
