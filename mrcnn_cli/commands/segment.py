@@ -32,7 +32,11 @@ from mrcnn_cli.errors import MrcnnError
 @model_options()
 def segment_command(
     inputs: Annotated[
-        list[str], typer.Argument(help="Image files, folders (recursive), globs or .txt lists.")
+        list[str],
+        typer.Argument(
+            help="Image files, folders (recursive), globs, .txt lists, or s3:// gs:// az:// "
+            "http(s):// URLs (a prefix: every image under it)."
+        ),
     ],
     model_config: ModelConfig,
     out: OutOpt = "results",

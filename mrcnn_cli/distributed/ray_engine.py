@@ -52,6 +52,7 @@ from mrcnn_cli.errors import FailedItem, MrcnnError
 from mrcnn_cli.journal import STATE_DIR, Journal, close_with_failures, settings_hash
 from mrcnn_cli.models.loading import is_model_path, meta_and_state
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
+from mrcnn_cli.remote import as_source_path
 from mrcnn_cli.runs import locked_inputs
 from mrcnn_cli.segmenter import ImageError, Segmenter
 from mrcnn_cli.sources import SourceItem, image_ids_from_annotations, source_stamp
@@ -257,6 +258,7 @@ def _rows(
         {
             "paths": [str(it.path.resolve()) for it in group],
             "shown": [str(it.path) for it in group],
+            "listed": [getattr(it.path, "stamp", None) or "" for it in group],  # URLs' ETags
             "rels": [str(it.rel) for it in group],
             "ids": [image_ids[str(it.rel)] for it in group],
             "todo": [str(it.rel) in todo for it in group],
@@ -372,8 +374,9 @@ def check_out_from_workers(ray: Any, out: Path) -> None:
 def decode_row(row: dict[str, Any], max_pixels: int) -> dict[str, Any]:
     """Decode a model batch's images: raw RGB bytes + [h, w], or the reason it failed."""
     pixels, shapes, errors, stamps = [], [], [], []
-    for path in row["paths"]:
-        stamps.append(source_stamp(path))  # before reading, as decode_item does
+    listed = row.get("listed") or [""] * len(row["paths"])
+    for path, stamp in zip(row["paths"], listed):
+        stamps.append(stamp or source_stamp(path))  # before reading, as decode_item does
         result = decode_image_safe(path, max_pixels)
         if isinstance(result, FailedItem):
             pixels.append(b"")
@@ -432,7 +435,7 @@ class SegmentWorker:
                 continue
             h, w = row["shapes"][i]
             image = np.frombuffer(row["pixels"][i], np.uint8).reshape(h, w, 3)
-            item = SourceItem(Path(row["shown"][i]), PurePosixPath(rel), "image")
+            item = SourceItem(as_source_path(row["shown"][i]), PurePosixPath(rel), "image")
             batch.append((i, Decoded(item, image, row["stamps"][i])))
         predicted = self.segmenter.predict_batch([d.image for _, d in batch]) if batch else []
         writes: list[tuple[str, Future]] = []
