@@ -130,3 +130,27 @@ def s3_env(endpoint: str, home: Path) -> dict[str, str]:
         "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-credentials"),
         "AWS_EC2_METADATA_DISABLED": "true",
     }
+
+
+def tiny_shapes_image(seed: int) -> np.ndarray:
+    """An 80 x 96 BGR picture with a few filled circles: the demo and tiny models find
+    something in it at `--score-thr 0`, in a few milliseconds."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    image = np.full((80, 96, 3), 200, np.uint8)
+    for _ in range(3):
+        x, y = (int(v) for v in rng.integers(10, 70, 2))
+        color = tuple(int(c) for c in rng.integers(0, 255, 3))
+        cv2.circle(image, (x, y), int(rng.integers(5, 15)), color, -1)
+    return image
+
+
+def output_files(out: Path, skip: Sequence[str] = ()) -> dict[str, bytes]:
+    """Every file a run left under `out` (temp files too), except the resume journal and
+    the folders in `skip`."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and not {".mrcnn", *skip} & set(p.relative_to(out).parts)
+    }

@@ -1,0 +1,148 @@
+"""`--engine ray` on a cluster that loses workers: a head and two worker nodes, each its
+own raylet, on this machine (`ray.cluster_utils.Cluster`, Ray's way to test several
+nodes on one machine). A node removed mid-run, or a worker process killed with SIGKILL,
+costs its batches a retry on another worker, not the run: every image is done, nothing
+fails, and the files equal an uninterrupted run's.
+
+The head has no CPUs, so the two workers live on the worker nodes; health checks are
+fast so that a lost node is noticed in about 2 s instead of 30.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import pytest
+from helpers import output_files, tiny_shapes_image
+
+from mrcnn_cli.config import ModelConfig, SegmentConfig
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+N_IMAGES = 8
+KILL_AFTER = 2  # images done before the worker is lost
+STORE = 80 * 1024 * 1024  # the smallest object store Ray accepts, about
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    fast = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
+            "health_check_initial_delay_ms": 0}  # fmt: skip
+    head = {"num_cpus": 0, "object_store_memory": STORE, "include_dashboard": False,
+            "_system_config": fast}  # fmt: skip
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=2, object_store_memory=STORE)
+        ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
+        yield ray, cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    for i in range(N_IMAGES):
+        cv2.imwrite(str(folder / f"img{i}.png"), tiny_shapes_image(i))
+    return folder
+
+
+def config(images: Path, out: Path) -> SegmentConfig:
+    model = ModelConfig(model="demo", device="cpu", score_thr=0.0, max_det=5)
+    return SegmentConfig(inputs=(str(images),), out=out, model=model,
+                         save=("overlay", "masks", "coco"))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(images, tmp_path_factory) -> Path:
+    """The local engine with one torch thread, as in a 1-CPU Ray worker."""
+    import torch
+
+    from mrcnn_cli.engine import run_segment
+
+    out = tmp_path_factory.mktemp("uninterrupted") / "out"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run_segment(config(images, out))
+    finally:
+        torch.set_num_threads(before)
+    assert summary.processed == N_IMAGES and not summary.failed
+    return out
+
+
+class AfterImages:
+    """A progress listener that does something once, after `n` images are done."""
+
+    def __init__(self, n: int, action: Callable[[], None]) -> None:
+        self.n, self.action, self.done, self.fired = n, action, 0, False
+
+    def start(self, total: int, unit: str, description: str) -> None: ...
+    def skip(self, n: int) -> None: ...
+    def fail(self, item) -> None: ...
+    def stop(self) -> None: ...
+
+    def advance(self, n: int, detections: int) -> None:
+        self.done += n
+        if self.done >= self.n and not self.fired:
+            self.fired = True
+            self.action()
+
+
+def live_workers(ray) -> list[dict]:
+    """The SegmentWorker actors alive now (from the GCS: no dashboard needed)."""
+    actors = ray._private.state.actors().values()
+    return [a for a in actors if a["ActorClassName"] == "SegmentWorker" and a["State"] == "ALIVE"]
+
+
+def run_ray(images: Path, out: Path, listener: AfterImages):
+    from mrcnn_cli.distributed.ray_engine import RayOptions, run_segment_ray
+
+    return run_segment_ray(config(images, out), RayOptions(num_workers=2), listener)
+
+
+def test_losing_a_node_mid_run_costs_a_retry_not_the_run(cluster, images, uninterrupted, tmp_path):
+    ray, nodes = cluster
+    lost = []
+
+    def remove_a_worker_node() -> None:
+        node_id = live_workers(ray)[0]["Address"]["NodeID"]
+        node = next(n for n in nodes.worker_nodes if n.node_id == node_id)
+        nodes.remove_node(node, allow_graceful=False)  # its raylet and workers die
+        lost.append(node_id)
+
+    try:
+        summary = run_ray(images, tmp_path / "out", AfterImages(KILL_AFTER, remove_a_worker_node))
+    finally:
+        if lost:  # the next test starts with two worker nodes again
+            nodes.add_node(num_cpus=2, object_store_memory=STORE)
+    assert lost, "the node was never removed"
+    assert (summary.processed, summary.failed) == (N_IMAGES, [])
+    assert output_files(tmp_path / "out") == output_files(uninterrupted)
+
+
+def test_a_worker_killed_with_sigkill_costs_a_retry_not_the_run(
+    cluster, images, uninterrupted, tmp_path
+):
+    ray, _ = cluster
+    killed = []
+
+    def kill_a_worker() -> None:
+        pid = live_workers(ray)[0]["Pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    summary = run_ray(images, tmp_path / "out", AfterImages(KILL_AFTER, kill_a_worker))
+    assert killed, "no worker was killed"
+    assert (summary.processed, summary.failed) == (N_IMAGES, [])
+    assert output_files(tmp_path / "out") == output_files(uninterrupted)
