@@ -1,22 +1,28 @@
-"""`mrcnn segment --engine ray`: the same job spread over Ray workers with Ray Data.
+"""`mrcnn segment --engine ray`: the same job spread over a pool of Ray actors.
 
-    driver:  collect inputs, resume check, cut model batches (as the local engine does)
-             -> ray.data.from_items(one row per model batch: paths, rels, ids, to-do flags)
-    tasks:   decode the batch's images (rows gain raw pixels + shapes; on CPU-only
-             workers this runs inside the worker instead, see `RayOptions`)
+    driver:  collect inputs, resume check, cut model batches (as the local engine does):
+             one row per model batch (paths or URLs, rels, ids, to-do flags)
+    tasks:   decode the batch's images (with GPU workers; CPU workers decode inline,
+             see `RayOptions`)
     actors:  SegmentWorker, a fixed pool (one per GPU, or N CPU workers), each builds
              one Segmenter, runs the batch, writes overlays/masks with the engine's
-             ImageWriter and appends to its own journal segment
-    driver:  rows come back with per image only rel, status, detection count, reason:
-             the Tally (progress bar, summary) advances as they arrive; at the end the
-             journal is re-read and predictions.json/images.json streamed from it
+             ImageWriter and appends to its own journal segment; two batches in
+             flight per worker
+    driver:  per image only rel, status, detection count, reason come back: the Tally
+             (progress bar, summary) advances as they arrive; at the end the journal
+             is re-read and predictions.json/images.json streamed from it
 
-Masks never enter a dataset row (a variable number of masks per image does not fit an
-Arrow tensor column): they go to files on the worker, and rows carry small values only.
-Pixels travel as bytes with their shape, never as tensor columns. Each row is one model
-batch cut from the whole input list, exactly as the local engine cuts them, so an
-image's batch-mates (and so its numbers) are the same as locally at any batch size, and
-a resumed run writes what an uninterrupted one writes.
+Workers that die (a node lost, a process killed, out of memory) are replaced and their
+batches retried by the driver's own bookkeeping (`_Pool`, `retries.RetryBook`): bounded
+retries, a batch split image by image once it has failed on two workers, a poison image
+ending as one failure record.
+
+Masks never travel back to the driver (a variable number of masks per image): they go
+to files on the worker, and results carry small values only. Pixels, where they travel
+at all, go as bytes with their shape. Each row is one model batch cut from the whole
+input list, exactly as the local engine cuts them, so an image's batch-mates (and so
+its numbers) are the same as locally at any batch size, and a resumed or retried run
+writes what an uninterrupted one writes.
 
 Ray is imported only inside functions here: the base install has no Ray, and
 `--engine ray` without it is a one-line usage error.
@@ -99,10 +105,9 @@ class _Plan:
 
 
 def import_ray() -> Any:
-    """The `ray` module with Ray Data, or a one-line usage error saying how to install it."""
+    """The `ray` module, or a one-line usage error saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
     except ImportError as exc:
         raise MrcnnError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from exc
     return ray
@@ -132,9 +137,9 @@ def run_segment_ray(
 
 
 def _no_auto_init(ray: Any) -> None:
-    """After a Ctrl-C, Ray Data's scheduling thread can outlive its 2 s shutdown wait; its
-    next Ray call would start a fresh local Ray (auto-init) that nobody shuts down. We
-    started this Ray and end it: no auto-init from here on in this process."""
+    """After a Ctrl-C, a Ray call made by anything still running in this process would
+    start a fresh local Ray (auto-init) that nobody shuts down. We started this Ray and
+    end it: no auto-init from here on in this process."""
     hook = getattr(getattr(ray, "_private", None), "auto_init_hook", None)
     if hook is not None and hasattr(hook, "enable_auto_connect"):
         hook.enable_auto_connect = False
