@@ -382,8 +382,8 @@ class _Pool:
     def _on_ready(self, slot: _Slot) -> None:
         try:
             fatal = self.ray.get(slot.ready_ref)
-        except self.ray.exceptions.RayError as exc:
-            self._died(slot, exc, None)
+        except self.ray.exceptions.RayError:  # died while starting (its node lost): no batches
+            self._drop(slot, replace=True)
             return
         if fatal is not None:  # the model cannot load: every worker would say the same
             raise MrcnnError(fatal)
@@ -407,13 +407,11 @@ class _Pool:
             yield rel, status, detections, reason, segment
 
     def _died(
-        self, slot: _Slot, exc: BaseException, book: RetryBook | None
+        self, slot: _Slot, exc: BaseException, book: RetryBook
     ) -> Iterator[tuple[str, str, int, str, str]]:
         """Drop a dead worker: results it finished still count, the batch it was running
         is charged to it, those queued behind it go back uncharged; start another."""
         ray = self.ray
-        self.slots.remove(slot)
-        self.deaths += 1
         reason = _first_line(exc)
         charged = False
         for ref, task in slot.in_flight:
@@ -422,16 +420,21 @@ class _Pool:
                     results, segment = ray.get(ref, timeout=0)
                 except Exception:  # noqa: BLE001 - lost with the worker
                     charged = True
-                    assert book is not None
                     yield from _given_up(book.charge(task, slot.worker, reason))
                 else:
                     for rel, status, detections, why in results:
                         yield rel, status, detections, why, segment
             else:
-                assert book is not None
                 book.put_back(task)
-        _kill(ray, slot.actor)
-        if self.deaths <= self.max_deaths:
+        self._drop(slot, replace=True)
+
+    def _drop(self, slot: _Slot, replace: bool) -> None:
+        """Forget a worker (killed, in case it is only unreachable) and, while the budget
+        of deaths lasts, start another in its place."""
+        self.slots.remove(slot)
+        self.deaths += 1
+        _kill(self.ray, slot.actor)
+        if replace and self.deaths <= self.max_deaths:
             self._start()
 
     def _check_starting(self) -> None:
@@ -440,11 +443,8 @@ class _Pool:
         now = time.monotonic()
         for slot in list(self.slots):
             if not slot.ready and now - slot.started > START_TIMEOUT_S:
-                self.slots.remove(slot)
-                self.deaths += 1
-                _kill(self.ray, slot.actor)
-                if self.deaths <= self.max_deaths and not any(s.ready for s in self.slots):
-                    self._start()
+                # another would not fit either, unless no worker is left to wait for
+                self._drop(slot, replace=not any(s.ready for s in self.slots if s is not slot))
 
     def _give_up(self, book: RetryBook) -> Iterator[tuple[str, str, int, str, str]]:
         why = (f"no Ray worker left to run it ({self.deaths} died or could not start; "
