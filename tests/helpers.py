@@ -87,15 +87,22 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def moto_server(timeout: float = 30.0) -> Iterator[str]:
+def moto_server(timeout: float = 30.0, auth_after: int | None = None) -> Iterator[str]:
     """Start `python -m moto.server` on a free port of 127.0.0.1, yield its endpoint URL,
-    stop it at the end (killed if it does not stop in 10 s). Skips without moto."""
+    stop it at the end (killed if it does not stop in 10 s). Skips without moto.
+
+    `auth_after`: requests after the first that many are checked against moto's IAM,
+    where no key is known, so every later request is denied."""
     pytest.importorskip("moto.server", reason='needs moto[server] (pip install -e ".[dev,cloud]")')
     port = free_port()
+    env = dict(os.environ)
+    if auth_after is not None:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(auth_after)
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:

@@ -134,6 +134,36 @@ def test_missing_bucket_missing_key_and_network_error_are_one_line_each(
     assert all("\n" not in r for r in reasons.values())
 
 
+def test_a_denied_read_is_one_line(s3, monkeypatch, tmp_path):
+    """A second server that checks credentials (moto's IAM knows no key): after the
+    bucket and the object are made, every request is refused."""
+    import s3fs
+
+    from mrcnn_cli.sources import collect_sources
+
+    with moto_server(auth_after=8) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        s3fs.S3FileSystem.clear_instance_cache()  # fsspec caches the client, endpoint and all
+        try:
+            fs = s3fs.S3FileSystem(skip_instance_cache=True)
+            fs.mkdir("locked")
+            fs.pipe("locked/x.png", encoded("x.png", 0))
+            for _ in range(8):  # spend what is left of the unchecked requests
+                try:
+                    fs.ls("locked", refresh=True)
+                except PermissionError:
+                    break
+            else:
+                pytest.fail("the server never started checking credentials")
+            items, failures = collect_sources(["s3://locked/x.png", "s3://locked/"])
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+    assert items == []
+    assert [f.path for f in failures] == ["s3://locked/x.png", "s3://locked/"]
+    assert all(f.reason.startswith("access denied (") for f in failures), failures
+    assert all("\n" not in f.reason for f in failures)
+
+
 def test_shards_of_a_bucket_merge_into_the_unsharded_run(s3, tiny_checkpoint, tmp_path):
     url = f"s3://{BUCKET}/set/"
     whole = invoke_cli(segment_args(tiny_checkpoint, tmp_path / "whole", url))
