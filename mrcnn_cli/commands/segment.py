@@ -71,7 +71,10 @@ def segment_command(
         ),
     ] = None,
     engine: Annotated[
-        str, typer.Option("--engine", help="local (threads, one process) | ray (Ray Data).")
+        str,
+        typer.Option(
+            "--engine", help="local (threads, one process) | ray (a pool of Ray workers)."
+        ),
     ] = "local",
     ray_address: Annotated[
         str | None,

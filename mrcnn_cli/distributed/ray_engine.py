@@ -270,7 +270,7 @@ def _class_tables(cfg: SegmentConfig) -> tuple[tuple[str, ...], tuple[int, ...]]
 def _rows(
     groups: list[list[SourceItem]], todo: dict[str, SourceItem], image_ids: dict[str, int]
 ) -> list[dict[str, Any]]:
-    """One dataset row per model batch: small values only."""
+    """One row per model batch: small values only (paths or URLs, never bytes)."""
     return [
         {
             "paths": [str(it.path.resolve()) for it in group],
