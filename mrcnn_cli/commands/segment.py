@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -138,7 +140,10 @@ def segment_command(
         from mrcnn_cli.distributed.ray_engine import RayOptions, run_segment_ray
 
         options = RayOptions(ray_address, num_workers, gpus_per_worker, cpus_per_worker)
-        return run_segment_ray(cfg, options, progress_for(quiet))
+        # Ray prints cluster events (a node lost, a worker killed) to the driver's stdout
+        # from a thread of its own; stdout carries --json, so they go to stderr instead.
+        with contextlib.redirect_stdout(sys.stderr):
+            return run_segment_ray(cfg, options, progress_for(quiet))
 
     summary = run_or_exit(job, debug)
     finish_run(summary, quiet=quiet, json_out=json_out)

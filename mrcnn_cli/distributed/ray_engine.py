@@ -73,6 +73,7 @@ IN_FLIGHT_PER_WORKER = 2  # keeps a worker busy without hoarding batches a death
 MAX_WORKER_DEATHS = 8  # more deaths than this plus 2 per worker: no more replacements
 START_TIMEOUT_S = 900.0  # a worker that cannot start (no room in the cluster) is given up
 WAIT_S = 1.0
+PROBE_TIMEOUT_S = 300.0
 DONE, FAILED, FATAL = "done", "failed", "fatal"
 
 
@@ -507,7 +508,13 @@ def check_out_from_workers(ray: Any, out: Path) -> None:
     shared = "outputs must be on storage every worker sees (one shared filesystem, same path)"
     for node, name, ref in pending:
         where = node.get("NodeManagerAddress", node["NodeID"][:12])
-        error = ray.get(ref, timeout=300)
+        try:
+            error = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise MrcnnError(f"the Ray node {where} did not run a probe task within "
+                             f"{PROBE_TIMEOUT_S:g} s") from None  # fmt: skip
+        except ray.exceptions.RayError:
+            continue  # the node died since it was listed: it will run no worker either
         if error is not None:
             raise MrcnnError(
                 f"--out {out} is not writable from the Ray node {where}: {error}; {shared}"
