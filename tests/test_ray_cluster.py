@@ -178,3 +178,41 @@ def test_a_poison_image_ends_as_one_failure_and_spares_its_batch_mate(cluster, t
     assert overlays == ["a0.jpg", "a1.jpg", "a3.jpg"]
     images = json.loads((tmp_path / "out" / "images.json").read_text())
     assert sorted(im["file_name"] for im in images) == ["a0.png", "a1.png", "a3.png"]
+
+
+def test_json_on_stdout_stays_clean_when_a_worker_dies(cluster, images, uninterrupted, tmp_path):
+    """Ray prints its notice of a dead worker to the driver's stdout; the CLI sends it to
+    stderr, so `--json` parses. The worker is killed from a thread once it has recorded
+    an image (its pid is in its journal file's name)."""
+    import json
+    import threading
+    import time
+
+    from helpers import invoke_cli
+
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_the_first_worker_that_records() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            for segment in (out / ".mrcnn" / "journal").glob("*.jsonl"):
+                if segment.stat().st_size:
+                    pid = int(segment.name.rsplit("-", 2)[1])
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    break
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_first_worker_that_records, daemon=True)
+    killer.start()
+    args = ["segment", images, "--model", "demo", "--device", "cpu", "--score-thr", "0",
+            "--max-det", "5", "--save", "overlay,masks,coco", "--out", out,
+            "--engine", "ray", "--num-workers", "2", "--json"]  # fmt: skip
+    result = invoke_cli(args)
+    killer.join(5)
+    assert killed, "no worker was killed"
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)  # nothing but the summary
+    assert (summary["processed"], summary["failed"]) == (N_IMAGES, 0)
+    assert output_files(out) == output_files(uninterrupted)
