@@ -58,6 +58,7 @@ from PIL import BmpImagePlugin, Image, JpegImagePlugin, TiffImagePlugin
 from mrcnn_cli.config import DEFAULT_MAX_PIXELS
 from mrcnn_cli.errors import DecodeError, FailedItem
 from mrcnn_cli.names import MISSING
+from mrcnn_cli.remote import RemoteError, is_url, read_object
 from mrcnn_cli.sources import UnreadableFile, read_regular_file
 
 # The longest side may be at most this many times the shortest. The smallest `max_size`
@@ -117,7 +118,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
 
     Raises `DecodeError` with a short reason (without the path; the caller adds it).
     """
-    data = _read_bytes(Path(path), max_file_bytes(max_pixels))
+    data = _read_bytes(path, max_file_bytes(max_pixels))
     header = _inspect(data)
     if header.width is not None and header.height is not None:
         _check_size(header.width, header.height, max_pixels)
@@ -145,20 +146,31 @@ def decode_image_safe(
     try:
         return decode_image(path, max_pixels)
     except DecodeError as exc:
-        return FailedItem(Path(path), str(exc))
+        return FailedItem(_shown(path), str(exc))
     except MemoryError:
-        return FailedItem(Path(path), "not enough memory to decode")
+        return FailedItem(_shown(path), "not enough memory to decode")
     except Exception as exc:  # noqa: BLE001 - one odd file must not end a long run
-        return FailedItem(Path(path), f"unexpected decode error ({type(exc).__name__}: {exc})")
+        return FailedItem(_shown(path), f"unexpected decode error ({type(exc).__name__}: {exc})")
+
+
+def _shown(path: Path | str) -> Path | str:
+    """The path a failure names: a URL as it is (a `Path` would fold its `//`)."""
+    return path if is_url(path) else Path(path)
 
 
 # --- reading ------------------------------------------------------------------------
 
 
-def _read_bytes(path: Path, max_bytes: int) -> bytes:
-    """The whole file, if it is a regular file of at most `max_bytes` bytes."""
+def _read_bytes(path: Path | str, max_bytes: int) -> bytes:
+    """The whole file, if it is a regular file of at most `max_bytes` bytes (an object
+    in a bucket: the whole object, read by the backend, under the same limit)."""
     try:
-        data = read_regular_file(path, max_bytes)
+        if is_url(path):
+            data = read_object(str(path), max_bytes)
+        else:
+            data = read_regular_file(Path(path), max_bytes)
+    except RemoteError as exc:
+        raise DecodeError(str(exc)) from exc
     except UnreadableFile as exc:
         reason = str(exc)
         raise DecodeError("no such file" if reason == MISSING else reason) from exc

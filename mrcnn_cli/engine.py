@@ -24,20 +24,19 @@ from mrcnn_cli.atomic import write_bytes
 from mrcnn_cli.config import SegmentConfig
 from mrcnn_cli.decode import decode_image_safe
 from mrcnn_cli.detections import Detections
-from mrcnn_cli.distributed.shards import (
-    ShardSpec,
-    shard_file_name,
-    shard_lock_name,
-    write_manifest,
-)
 from mrcnn_cli.errors import FailedItem
-from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
 from mrcnn_cli.journal import FAILURES_FILE, Journal, close_with_failures, settings_hash
 from mrcnn_cli.names import display_name, os_error_reason
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
 from mrcnn_cli.runs import PreparedRun, model_fingerprint, prepared_run
 from mrcnn_cli.segmenter import ImageError, Segmenter
-from mrcnn_cli.sources import SourceItem, source_stamp
+from mrcnn_cli.shards import (
+    ShardSpec,
+    shard_file_name,
+    shard_lock_name,
+    write_manifest,
+)
+from mrcnn_cli.sources import SourceItem, image_ids_from_annotations, source_stamp
 from mrcnn_cli.video.job import process_video, report_row
 from mrcnn_cli.writers import output_path
 from mrcnn_cli.writers.coco import assign_image_ids
@@ -298,7 +297,7 @@ def run_segment(
     `segmenter` reuses a loaded model (else one is built from `cfg.model`); `progress`
     is told about every item (the CLI draws a bar; None runs silent). The output folder
     is locked for the run's duration. `shard` runs only that shard's part of the inputs
-    (see distributed/shards.py).
+    (see shards.py).
     """
     cfg.validate()
     kinds = frozenset({"image", "video"})

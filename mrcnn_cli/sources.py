@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from mrcnn_cli.errors import FailedItem
+from mrcnn_cli.coco_file import read_coco_instances
+from mrcnn_cli.errors import FailedItem, MrcnnError
 from mrcnn_cli.names import not_regular_reason, os_error_reason
+from mrcnn_cli.remote import RemoteError, RemotePath, is_url, list_objects, object_info_stamp
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
@@ -67,9 +69,10 @@ _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | os.O_N
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One input file; `rel` (original extension kept) names its outputs."""
+    """One input file; `rel` (original extension kept) names its outputs. `path` is a
+    `RemotePath` (a URL) for an object in a bucket or on a web server."""
 
-    path: Path
+    path: Path | RemotePath
     rel: PurePosixPath
     kind: Kind
 
@@ -78,8 +81,13 @@ def source_stamp(path: Path | str) -> str | None:
     """What resume compares to know an input is the file it recorded: size and mtime (ns).
 
     Taken before the file is read, so a file replaced while it is processed is redone by
-    the next run rather than trusted. None if the file cannot be stat'ed.
+    the next run rather than trusted. None if the file cannot be stat'ed. An object's
+    stamp is its ETag (see remote.py), as listed when the inputs were collected.
     """
+    if isinstance(path, RemotePath) and path.stamp is not None:
+        return path.stamp  # as listed: no request per object
+    if is_url(path):
+        return object_info_stamp(str(path))
     try:
         st = os.stat(path)
     except (OSError, ValueError):
@@ -91,7 +99,7 @@ def source_stamp(path: Path | str) -> str | None:
 class _Found:
     """An expanded file before de-duplication; `anchor` disambiguates a colliding `rel`."""
 
-    path: Path
+    path: Path | RemotePath
     rel: PurePosixPath
     kind: Kind
     anchor: str
@@ -138,7 +146,10 @@ def collect_sources(
     limit = max_input_name_bytes() if max_name_bytes is None else max_name_bytes
     collector = _Collector(frozenset(kinds), _Excluded.of(exclude))
     for raw in inputs:
-        collector.expand(Path(raw), str(raw), lists_open=())
+        if is_url(str(raw)):
+            collector.expand_url(str(raw))
+        else:
+            collector.expand(Path(raw), str(raw), lists_open=())
     unique = []
     for f in _drop_repeated_files(collector.found):
         size = len(os.fsencode(f.path.name))
@@ -224,6 +235,34 @@ class _Collector:
             self.expand_list(path, lists_open)
         else:
             self.expand_file(path)
+
+    def expand_url(self, url: str) -> None:
+        """A prefix's images (named by their keys below it), or one object (by its name)."""
+        try:
+            objects, is_prefix = list_objects(url)
+        except RemoteError as exc:
+            self.fail(url, str(exc))
+            return
+        anchor = _url_anchor(url) if is_prefix else _url_anchor(url.rsplit("/", 1)[0])
+        taken = 0
+        for obj, rel in objects:
+            kind = _kind_of(obj.name)
+            parts = rel.split("/")
+            if is_prefix and (kind is None or any(p.startswith(".") for p in parts)):
+                continue  # as a folder walk: other files and hidden entries are not inputs
+            if kind == "video":
+                self.fail(obj, "videos are not read from URLs: only images")
+                continue
+            if "image" not in self.kinds:
+                self.fail(obj, "is an image; use `mrcnn segment`")
+                continue
+            if any(p in ("", ".", "..") for p in parts):
+                self.fail(obj, "object key cannot name an output file (empty, . or .. part)")
+                continue
+            self.found.append(_Found(obj, PurePosixPath(rel), "image", anchor))
+            taken += 1
+        if is_prefix and not taken:
+            self.fail(url, "no images found under this prefix")
 
     def expand_file(self, path: Path) -> None:
         """An explicitly named file is taken even with an odd extension: the decoder judges."""
@@ -369,6 +408,9 @@ class _Collector:
             self.fail(list_file, "list file names no paths")
             return
         for entry in entries:
+            if is_url(entry):
+                self.expand_url(entry)
+                continue
             path = Path(os.path.expanduser(entry))
             if not path.is_absolute():
                 path = list_file.parent / path
@@ -471,7 +513,7 @@ def _drop_repeated_files(found: list[_Found]) -> list[_Found]:
     seen: set[str] = set()
     unique = []
     for f in found:
-        key = os.path.realpath(f.path)
+        key = str(f.path) if isinstance(f.path, RemotePath) else os.path.realpath(f.path)
         if key not in seen:
             seen.add(key)
             unique.append(f)
@@ -532,6 +574,12 @@ def _folder_name(folder: Path) -> str:
     return os.path.basename(os.path.realpath(folder)) or "root"
 
 
+def _url_anchor(url: str) -> str:
+    """A URL prefix's last component (its bucket for a bucket), for clashing names."""
+    key = url.split("://", 1)[-1].rstrip("/")
+    return key.rsplit("/", 1)[-1] or "root"
+
+
 def _takewhile_literal(parts: Sequence[str]) -> list[str]:
     literal = []
     for part in parts:
@@ -550,3 +598,27 @@ def natural_path_key(rel: PurePosixPath) -> tuple[tuple[list[int | str], str], .
         )
         for part in rel.parts
     )
+
+
+# --- image ids given with the inputs (`--ann`) ---------------------------------------
+
+
+def image_ids_from_annotations(ann_path: Path) -> dict[str, int]:
+    """file_name -> image id from a COCO annotation file, plus basename -> id.
+
+    Basenames are added only when no two images share one, so a folder run over
+    `val2017/` matches COCO's plain file names while ambiguous names never guess.
+    """
+    data = read_coco_instances(ann_path, need=("images",))
+    ids: dict[str, int] = {}
+    by_base: dict[str, set[int]] = {}
+    for entry in data["images"]:
+        if not isinstance(entry.get("file_name"), str):
+            raise MrcnnError(f"{ann_path}: image {entry['id']} has no 'file_name'")
+        name = entry["file_name"].replace("\\", "/")
+        ids[name] = entry["id"]
+        by_base.setdefault(PurePosixPath(name).name, set()).add(entry["id"])
+    for base, found in by_base.items():
+        if len(found) == 1:
+            ids.setdefault(base, next(iter(found)))
+    return ids

@@ -201,6 +201,18 @@ def test_the_package_has_no_import_cycle():
             visit(module, [module])
 
 
+def test_the_engine_writers_and_sources_import_nothing_from_the_layers_above():
+    """distributed/ (Ray, merge) and evaluation/ are built on the engine, the writers
+    and the sources, never the other way round (shards and --ann image ids live below)."""
+    below = [PACKAGE / name for name in ("engine.py", "sources.py", "remote.py", "shards.py",
+                                         "decode.py", "journal.py", "runs.py")]  # fmt: skip
+    below += list((PACKAGE / "writers").glob("*.py"))
+    above = ("mrcnn_cli.distributed", "mrcnn_cli.evaluation", "mrcnn_cli.commands")
+    for path in below:
+        climbing = sorted(i for i in _imports_of(path) if i.startswith(above))
+        assert not climbing, f"{path.name} imports {climbing}"
+
+
 def test_the_library_never_imports_typer_or_rich():
     for path in PACKAGE.rglob("*.py"):
         if "commands" in path.parts or path.name == "cli.py":

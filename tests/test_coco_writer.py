@@ -19,7 +19,7 @@ from pycocotools.cocoeval import COCOeval
 
 from mrcnn_cli.detections import Detections, encode_rle
 from mrcnn_cli.errors import MrcnnError
-from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
+from mrcnn_cli.sources import image_ids_from_annotations
 from mrcnn_cli.writers.coco import (
     assign_image_ids,
     image_entry,

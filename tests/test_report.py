@@ -242,8 +242,8 @@ def test_report_of_a_journal_skips_records_of_other_settings(tmp_path):
 
 def test_merge_writes_one_report_of_all_shards(demo, images, tmp_path):
     from mrcnn_cli.distributed.merge import merge_shards
-    from mrcnn_cli.distributed.shards import ShardSpec
     from mrcnn_cli.engine import run_segment
+    from mrcnn_cli.shards import ShardSpec
 
     (images / "broken.png").write_bytes(b"not a png")
     folders = []

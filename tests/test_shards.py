@@ -13,9 +13,9 @@ from helpers import COCO_IMAGES, invoke_cli, json_summary, needs_coco
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mrcnn_cli.distributed.shards import ShardSpec, shard_file_name, shard_of
 from mrcnn_cli.errors import MrcnnError
 from mrcnn_cli.journal import Journal
+from mrcnn_cli.shards import ShardSpec, shard_file_name, shard_of
 from mrcnn_cli.sources import SourceItem
 
 IMAGES = sorted(COCO_IMAGES.glob("*.jpg"))[:7]

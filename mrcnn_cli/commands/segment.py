@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -32,7 +34,11 @@ from mrcnn_cli.errors import MrcnnError
 @model_options()
 def segment_command(
     inputs: Annotated[
-        list[str], typer.Argument(help="Image files, folders (recursive), globs or .txt lists.")
+        list[str],
+        typer.Argument(
+            help="Image files, folders (recursive), globs, .txt lists, or s3:// gs:// az:// "
+            "http(s):// URLs (a prefix: every image under it)."
+        ),
     ],
     model_config: ModelConfig,
     out: OutOpt = "results",
@@ -105,7 +111,10 @@ def segment_command(
         ),
     ] = None,
     engine: Annotated[
-        str, typer.Option("--engine", help="local (threads, one process) | ray (Ray Data).")
+        str,
+        typer.Option(
+            "--engine", help="local (threads, one process) | ray (a pool of Ray workers)."
+        ),
     ] = "local",
     ray_address: Annotated[
         str | None,
@@ -158,8 +167,8 @@ def segment_command(
         if engine == "local":
             if any(v not in (None, False) for v in ray_given):
                 raise MrcnnError("--ray-address and --*-worker(s) options need --engine ray")
-            from mrcnn_cli.distributed.shards import ShardSpec
             from mrcnn_cli.engine import run_segment
+            from mrcnn_cli.shards import ShardSpec
 
             spec = ShardSpec.parse(shard) if shard is not None else None
             return run_segment(cfg, progress_for(quiet), shard=spec)
@@ -170,7 +179,10 @@ def segment_command(
         from mrcnn_cli.distributed.ray_engine import RayOptions, run_segment_ray
 
         options = RayOptions(ray_address, num_workers, gpus_per_worker, cpus_per_worker)
-        return run_segment_ray(cfg, options, progress_for(quiet))
+        # Ray prints cluster events (a node lost, a worker killed) to the driver's stdout
+        # from a thread of its own; stdout carries --json, so they go to stderr instead.
+        with contextlib.redirect_stdout(sys.stderr):
+            return run_segment_ray(cfg, options, progress_for(quiet))
 
     summary = run_or_exit(job, debug)
     finish_run(summary, quiet=quiet, json_out=json_out)

@@ -23,7 +23,6 @@ from typing import Any
 
 from mrcnn_cli.atomic import atomic_path
 from mrcnn_cli.config import ExportOptions
-from mrcnn_cli.distributed.shards import ShardItem, ShardManifest, read_manifests, shard_file_name
 from mrcnn_cli.errors import EXIT_SOME_FAILED, FailedItem, MrcnnError
 from mrcnn_cli.journal import (
     FAILURES_FILE,
@@ -34,6 +33,7 @@ from mrcnn_cli.journal import (
     write_failures,
 )
 from mrcnn_cli.progress import RunSummary
+from mrcnn_cli.shards import ShardItem, ShardManifest, read_manifests, shard_file_name
 from mrcnn_cli.writers.report import REPORT_FILE, ReportRun, write_run_report
 from mrcnn_cli.writers.run_files import IMAGES_FILE, PREDICTIONS_FILE, write_run_files
 

@@ -1,22 +1,28 @@
-"""`mrcnn segment --engine ray`: the same job spread over Ray workers with Ray Data.
+"""`mrcnn segment --engine ray`: the same job spread over a pool of Ray actors.
 
-    driver:  collect inputs, resume check, cut model batches (as the local engine does)
-             -> ray.data.from_items(one row per model batch: paths, rels, ids, to-do flags)
-    tasks:   decode the batch's images (rows gain raw pixels + shapes; on CPU-only
-             workers this runs inside the worker instead, see `RayOptions`)
+    driver:  collect inputs, resume check, cut model batches (as the local engine does):
+             one row per model batch (paths or URLs, rels, ids, to-do flags)
+    tasks:   decode the batch's images (with GPU workers; CPU workers decode inline,
+             see `RayOptions`)
     actors:  SegmentWorker, a fixed pool (one per GPU, or N CPU workers), each builds
              one Segmenter, runs the batch, writes overlays/masks with the engine's
-             ImageWriter and appends to its own journal segment
-    driver:  rows come back with per image only rel, status, detection count, reason:
-             the Tally (progress bar, summary) advances as they arrive; at the end the
-             journal is re-read and predictions.json/images.json streamed from it
+             ImageWriter and appends to its own journal segment; two batches in
+             flight per worker
+    driver:  per image only rel, status, detection count, reason come back: the Tally
+             (progress bar, summary) advances as they arrive; at the end the journal
+             is re-read and predictions.json/images.json streamed from it
 
-Masks never enter a dataset row (a variable number of masks per image does not fit an
-Arrow tensor column): they go to files on the worker, and rows carry small values only.
-Pixels travel as bytes with their shape, never as tensor columns. Each row is one model
-batch cut from the whole input list, exactly as the local engine cuts them, so an
-image's batch-mates (and so its numbers) are the same as locally at any batch size, and
-a resumed run writes what an uninterrupted one writes.
+Workers that die (a node lost, a process killed, out of memory) are replaced and their
+batches retried by the driver's own bookkeeping (`_Pool`, `retries.RetryBook`): bounded
+retries, a batch split image by image once it has failed on two workers, a poison image
+ending as one failure record.
+
+Masks never travel back to the driver (a variable number of masks per image): they go
+to files on the worker, and results carry small values only. Pixels, where they travel
+at all, go as bytes with their shape. Each row is one model batch cut from the whole
+input list, exactly as the local engine cuts them, so an image's batch-mates (and so
+its numbers) are the same as locally at any batch size, and a resumed or retried run
+writes what an uninterrupted one writes.
 
 Ray is imported only inside functions here: the base install has no Ray, and
 `--engine ray` without it is a one-line usage error.
@@ -24,22 +30,23 @@ Ray is imported only inside functions here: the base install has no Ray, and
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
 import secrets
-import warnings
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
+from mrcnn_cli.atomic import remove_stale_temp_files
 from mrcnn_cli.config import SegmentConfig
 from mrcnn_cli.decode import decode_image_safe
+from mrcnn_cli.distributed.retries import RetryBook, Task
 from mrcnn_cli.engine import (
     Decoded,
     ImageWriter,
@@ -50,20 +57,24 @@ from mrcnn_cli.engine import (
     write_segment_report,
 )
 from mrcnn_cli.errors import FailedItem, MrcnnError
-from mrcnn_cli.evaluation.coco_io import image_ids_from_annotations
 from mrcnn_cli.journal import STATE_DIR, Journal, close_with_failures, settings_hash
 from mrcnn_cli.models.loading import is_model_path, meta_and_state
 from mrcnn_cli.progress import ProgressListener, RunSummary, Tally
+from mrcnn_cli.remote import as_source_path
 from mrcnn_cli.runs import locked_inputs
 from mrcnn_cli.segmenter import ImageError, Segmenter
-from mrcnn_cli.sources import SourceItem, source_stamp
+from mrcnn_cli.sources import SourceItem, image_ids_from_annotations, source_stamp
 from mrcnn_cli.writers.coco import assign_image_ids
 from mrcnn_cli.writers.run_files import NAMED_CLASS_KINDS, write_run_files
 
 INSTALL_HINT = 'pip install "mrcnn[ray]" (in a checkout: pip install -e ".[ray]")'
 GPU_BATCH_SIZE = 4  # as models/loading.py's default on CUDA
 CPU_BATCH_SIZE = 1
-MAX_GROUPS_PER_BLOCK = 16
+IN_FLIGHT_PER_WORKER = 2  # keeps a worker busy without hoarding batches a death would cost
+MAX_WORKER_DEATHS = 8  # more deaths than this plus 2 per worker: no more replacements
+START_TIMEOUT_S = 900.0  # a worker that cannot start (no room in the cluster) is given up
+WAIT_S = 1.0
+PROBE_TIMEOUT_S = 300.0
 DONE, FAILED, FATAL = "done", "failed", "fatal"
 
 
@@ -96,10 +107,9 @@ class _Plan:
 
 
 def import_ray() -> Any:
-    """The `ray` module with Ray Data, or a one-line usage error saying how to install it."""
+    """The `ray` module, or a one-line usage error saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
     except ImportError as exc:
         raise MrcnnError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from exc
     return ray
@@ -129,9 +139,9 @@ def run_segment_ray(
 
 
 def _no_auto_init(ray: Any) -> None:
-    """After a Ctrl-C, Ray Data's scheduling thread can outlive its 2 s shutdown wait; its
-    next Ray call would start a fresh local Ray (auto-init) that nobody shuts down. We
-    started this Ray and end it: no auto-init from here on in this process."""
+    """After a Ctrl-C, a Ray call made by anything still running in this process would
+    start a fresh local Ray (auto-init) that nobody shuts down. We started this Ray and
+    end it: no auto-init from here on in this process."""
     hook = getattr(getattr(ray, "_private", None), "auto_init_hook", None)
     if hook is not None and hasattr(hook, "enable_auto_connect"):
         hook.enable_auto_connect = False
@@ -214,11 +224,13 @@ def _drive(
         todo = images_to_do(cfg, journal, items, failures, digest, tally)
         groups = batch_groups(items, todo, plan.batch_size)
         segments: set[str] = set()  # the workers' journal files, named by the workers
+        given_up: list[str] = []
         if groups:
             by_rel = {str(it.rel): it for it in todo}
             rows = _rows(groups, by_rel, image_ids)
             worker_cfg = _worker_config(cfg, plan)
-            results = _execute(ray, rows, worker_cfg, digest, plan)
+            deaths: list[int] = []
+            results = _execute(ray, rows, worker_cfg, digest, plan, deaths)
             try:
                 for rel, status, detections, reason, segment in results:
                     segments.add(segment)
@@ -227,10 +239,16 @@ def _drive(
                     if status == DONE:
                         tally.advance(detections=detections)
                     else:
+                        if not segment:  # given up by the driver, not failed by a worker
+                            given_up.append(rel)
                         tally.fail(FailedItem(by_rel[rel].path, reason))
             finally:
-                results.close()  # stop the dataset now (Ctrl-C, an error), before ray.shutdown
+                results.close()  # stop the workers now (Ctrl-C, an error), before ray.shutdown
+            if deaths and deaths[0]:  # a worker killed mid-write leaves a temp file
+                remove_stale_temp_files(cfg.out)  # we hold the lock; our workers are gone
         journal.refresh(segments)  # what the workers appended
+        for rel in given_up:  # a worker that died on it may have recorded it first
+            journal.forget(rel)
         named = NAMED_CLASS_KINDS | {"report"}
         names, ids = _class_tables(cfg) if named & set(cfg.save) else ((), ())
         rels = [it.rel for it in items]
@@ -255,11 +273,12 @@ def _class_tables(cfg: SegmentConfig) -> tuple[tuple[str, ...], tuple[int, ...]]
 def _rows(
     groups: list[list[SourceItem]], todo: dict[str, SourceItem], image_ids: dict[str, int]
 ) -> list[dict[str, Any]]:
-    """One dataset row per model batch: small values only."""
+    """One row per model batch: small values only (paths or URLs, never bytes)."""
     return [
         {
             "paths": [str(it.path.resolve()) for it in group],
             "shown": [str(it.path) for it in group],
+            "listed": [getattr(it.path, "stamp", None) or "" for it in group],  # URLs' ETags
             "rels": [str(it.rel) for it in group],
             "ids": [image_ids[str(it.rel)] for it in group],
             "todo": [str(it.rel) in todo for it in group],
@@ -268,57 +287,191 @@ def _rows(
     ]
 
 
-def _no_restarts() -> dict[str, Any]:
-    """Ray Data restarts a dead worker and retries its batch forever by default: one
-    image that kills its worker (out of memory) would loop. Fail instead; rerun resumes."""
-    return {"max_restarts": 0, "max_task_retries": 0}
-
-
 def _execute(
-    ray: Any, rows: list[dict[str, Any]], cfg: SegmentConfig, digest: str, plan: _Plan
-) -> Iterator[tuple[str, str, int, str]]:
-    """Run the dataset; yield (rel, status, detections, reason, journal segment) per
-    to-do image."""
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the CLI draws its own, from the driver
-    if hasattr(context, "print_on_execution_start"):
-        context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-
-    per_block = max(1, min(MAX_GROUPS_PER_BLOCK, len(rows) // (plan.workers * 8)))
-    ds = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // per_block))
-    if plan.decode_in_tasks:
-        ds = ds.map(decode_row, fn_kwargs={"max_pixels": cfg.max_pixels}, num_cpus=1)
-    extra: dict[str, Any] = {}
-    if "ray_remote_args_fn" in inspect.signature(ds.map_batches).parameters:
-        extra["ray_remote_args_fn"] = _no_restarts  # deprecated in Ray 2.60, still the only way
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ds.map_batches(
-            SegmentWorker,
-            batch_size=1,  # one row = one model batch
-            batch_format="pyarrow",
-            # A fixed pool: every worker starts at once (an autoscaling pool may stay at
-            # one); two batches in flight per worker keep it busy without hoarding work.
-            compute=ray.data.ActorPoolStrategy(size=plan.workers, max_tasks_in_flight_per_actor=2),
-            num_cpus=plan.cpus,
-            num_gpus=plan.gpus,
-            fn_constructor_kwargs={"cfg": cfg, "digest": digest, "batch_size": plan.batch_size},
-            **extra,
-        )
-    rows_out = iter(ds.iter_rows())
+    ray: Any,
+    rows: list[dict[str, Any]],
+    cfg: SegmentConfig,
+    digest: str,
+    plan: _Plan,
+    deaths: list[int],
+) -> Iterator[tuple[str, str, int, str, str]]:
+    """Run the batches on a pool of workers that survives losing some; yield (rel,
+    status, detections, reason, journal segment) per to-do image, as they finish.
+    `deaths` receives the number of workers that died."""
+    pool = _Pool(ray, cfg, digest, plan)
     try:
-        for row in rows_out:
-            yield (row["rel"], row["status"], int(row["detections"]), row["reason"],
-                   row["segment"])  # fmt: skip
-    except ray.exceptions.RayError as exc:
-        raise MrcnnError(f"the Ray job failed: {_first_line(exc)}") from exc
+        yield from pool.run(RetryBook(rows))
     finally:
-        close = getattr(rows_out, "close", None)
-        if close is not None:
-            close()  # shuts Ray Data's executor down (its thread would outlive ray.shutdown)
+        pool.close()
+        deaths.append(pool.deaths)
+
+
+@dataclass
+class _Slot:
+    """One worker of the pool: an actor, known ready once its `ready` call returned."""
+
+    actor: Any
+    worker: int  # unique per actor ever started: "two different workers" means two of these
+    ready_ref: Any
+    started: float
+    ready: bool = False
+    in_flight: list[tuple[Any, Task]] = field(default_factory=list)  # in submission order
+
+
+class _Pool:
+    """A fixed number of SegmentWorker actors, replaced when they die (a lost node, a
+    killed process, out of memory), with the batches they held retried (`RetryBook`).
+
+    Why not Ray Data's actor pool with `max_restarts`/`max_task_retries`: its retries are
+    per call, so a poison image is retried until the budget runs out with its whole batch,
+    and a restarted actor that has no room left after a node is lost waits forever (Ray
+    issues #26991, #62746). Here an actor is never restarted in place (`max_restarts=0`):
+    a new one is started wherever the cluster has room, and the driver decides what its
+    batches do next.
+    """
+
+    def __init__(self, ray: Any, cfg: SegmentConfig, digest: str, plan: _Plan) -> None:
+        self.ray, self.cfg, self.plan = ray, cfg, plan
+        options = {"num_cpus": plan.cpus, "num_gpus": plan.gpus, "max_restarts": 0,
+                   "max_task_retries": 0}  # fmt: skip
+        self.remote = ray.remote(SegmentWorker).options(**options)
+        self.args = (cfg, digest, plan.batch_size)
+        self.decode = ray.remote(num_cpus=1)(decode_row) if plan.decode_in_tasks else None
+        self.slots: list[_Slot] = []
+        self.started = 0
+        self.deaths = 0
+        self.max_deaths = MAX_WORKER_DEATHS + 2 * plan.workers
+        for _ in range(plan.workers):
+            self._start()
+
+    def _start(self) -> None:
+        actor = self.remote.remote(*self.args)
+        self.started += 1
+        self.slots.append(_Slot(actor, self.started, actor.ready.remote(), time.monotonic()))
+
+    def run(self, book: RetryBook) -> Iterator[tuple[str, str, int, str, str]]:
+        ray = self.ray
+        while len(book) or any(slot.in_flight for slot in self.slots):
+            self._submit(book)
+            if not self.slots:  # every worker died and no more may start
+                yield from self._give_up(book)
+                return
+            owners = {}
+            for slot in self.slots:
+                if not slot.ready:
+                    owners[slot.ready_ref] = (slot, None)
+                for ref, task in slot.in_flight:
+                    owners[ref] = (slot, task)
+            done, _ = ray.wait(list(owners), num_returns=1, timeout=WAIT_S)
+            for ref in done:
+                slot, task = owners[ref]
+                if slot not in self.slots:
+                    continue  # its worker was found dead while handling another result
+                if task is None:
+                    self._on_ready(slot)
+                else:
+                    yield from self._on_result(slot, ref, task, book)
+            self._check_starting()
+
+    def _submit(self, book: RetryBook) -> None:
+        for slot in self.slots:
+            while slot.ready and len(slot.in_flight) < IN_FLIGHT_PER_WORKER and len(book):
+                task = book.take()
+                assert task is not None
+                row = {**task.row, "retry": task.is_retry}
+                arg = self.decode.remote(row, self.cfg.max_pixels) if self.decode else row
+                slot.in_flight.append((slot.actor.run.remote(arg), task))
+
+    def _on_ready(self, slot: _Slot) -> None:
+        try:
+            fatal = self.ray.get(slot.ready_ref)
+        except self.ray.exceptions.RayError:  # died while starting (its node lost): no batches
+            self._drop(slot, replace=True)
+            return
+        if fatal is not None:  # the model cannot load: every worker would say the same
+            raise MrcnnError(fatal)
+        slot.ready = True
+
+    def _on_result(
+        self, slot: _Slot, ref: Any, task: Task, book: RetryBook
+    ) -> Iterator[tuple[str, str, int, str, str]]:
+        ray = self.ray
+        try:
+            results, segment = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:  # the worker is gone
+            yield from self._died(slot, exc, book)
+            return
+        except ray.exceptions.RayError as exc:  # the call failed, the worker lives on
+            slot.in_flight = [(r, t) for r, t in slot.in_flight if r != ref]
+            yield from _given_up(book.charge(task, slot.worker, _first_line(exc)))
+            return
+        slot.in_flight = [(r, t) for r, t in slot.in_flight if r != ref]
+        for rel, status, detections, reason in results:
+            yield rel, status, detections, reason, segment
+
+    def _died(
+        self, slot: _Slot, exc: BaseException, book: RetryBook
+    ) -> Iterator[tuple[str, str, int, str, str]]:
+        """Drop a dead worker: results it finished still count, the batch it was running
+        is charged to it, those queued behind it go back uncharged; start another."""
+        ray = self.ray
+        reason = _first_line(exc)
+        charged = False
+        for ref, task in slot.in_flight:
+            if not charged:
+                try:  # finished before the worker died: the result is with the driver
+                    results, segment = ray.get(ref, timeout=0)
+                except Exception:  # noqa: BLE001 - lost with the worker
+                    charged = True
+                    yield from _given_up(book.charge(task, slot.worker, reason))
+                else:
+                    for rel, status, detections, why in results:
+                        yield rel, status, detections, why, segment
+            else:
+                book.put_back(task)
+        self._drop(slot, replace=True)
+
+    def _drop(self, slot: _Slot, replace: bool) -> None:
+        """Forget a worker (killed, in case it is only unreachable) and, while the budget
+        of deaths lasts, start another in its place."""
+        self.slots.remove(slot)
+        self.deaths += 1
+        _kill(self.ray, slot.actor)
+        if replace and self.deaths <= self.max_deaths:
+            self._start()
+
+    def _check_starting(self) -> None:
+        """A worker that has not started in `START_TIMEOUT_S` (the cluster has no room
+        left for it after losing nodes) is given up, as a dead one."""
+        now = time.monotonic()
+        for slot in list(self.slots):
+            if not slot.ready and now - slot.started > START_TIMEOUT_S:
+                # another would not fit either, unless no worker is left to wait for
+                self._drop(slot, replace=not any(s.ready for s in self.slots if s is not slot))
+
+    def _give_up(self, book: RetryBook) -> Iterator[tuple[str, str, int, str, str]]:
+        why = (f"no Ray worker left to run it ({self.deaths} died or could not start; "
+               "rerun to resume)")  # fmt: skip
+        while (task := book.take()) is not None:
+            for rel in task.todo_rels:
+                yield rel, FAILED, 0, why, ""
+
+    def close(self) -> None:
+        for slot in self.slots:
+            _kill(self.ray, slot.actor)
+        self.slots = []
+
+
+def _given_up(images: list[tuple[str, str]]) -> Iterator[tuple[str, str, int, str, str]]:
+    for rel, reason in images:
+        yield rel, FAILED, 0, reason, ""
+
+
+def _kill(ray: Any, actor: Any) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
 
 
 def _first_line(exc: BaseException) -> str:
@@ -357,7 +510,13 @@ def check_out_from_workers(ray: Any, out: Path) -> None:
     shared = "outputs must be on storage every worker sees (one shared filesystem, same path)"
     for node, name, ref in pending:
         where = node.get("NodeManagerAddress", node["NodeID"][:12])
-        error = ray.get(ref, timeout=300)
+        try:
+            error = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise MrcnnError(f"the Ray node {where} did not run a probe task within "
+                             f"{PROBE_TIMEOUT_S:g} s") from None  # fmt: skip
+        except ray.exceptions.RayError:
+            continue  # the node died since it was listed: it will run no worker either
         if error is not None:
             raise MrcnnError(
                 f"--out {out} is not writable from the Ray node {where}: {error}; {shared}"
@@ -375,8 +534,9 @@ def check_out_from_workers(ray: Any, out: Path) -> None:
 def decode_row(row: dict[str, Any], max_pixels: int) -> dict[str, Any]:
     """Decode a model batch's images: raw RGB bytes + [h, w], or the reason it failed."""
     pixels, shapes, errors, stamps = [], [], [], []
-    for path in row["paths"]:
-        stamps.append(source_stamp(path))  # before reading, as decode_item does
+    listed = row.get("listed") or [""] * len(row["paths"])
+    for path, stamp in zip(row["paths"], listed):
+        stamps.append(stamp or source_stamp(path))  # before reading, as decode_item does
         result = decode_image_safe(path, max_pixels)
         if isinstance(result, FailedItem):
             pixels.append(b"")
@@ -393,27 +553,37 @@ class SegmentWorker:
     """One per Ray worker: a Segmenter built once, the engine's writers, its own journal."""
 
     def __init__(self, cfg: SegmentConfig, digest: str, batch_size: int) -> None:
-        self.cfg = cfg
+        self.cfg, self.digest = cfg, digest
         self.fatal: str | None = None
         try:
             self.segmenter = Segmenter.from_config(cfg.model, batch_size)
-        except MrcnnError as exc:  # a value, not a raise: Ray would retry a dying constructor
+        except MrcnnError as exc:  # a value, not a raise: a dying constructor tells nothing
             self.fatal = str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure to build the model stops the run
             self.fatal = f"cannot load the model on a Ray worker: {type(exc).__name__}: {exc}"
-        self.journal = Journal(cfg.out)
         self.ids: dict[str, int] = {}
-        self.writer = ImageWriter(cfg, self.journal, digest, self.ids)
+        self._new_journal()
         self.pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="write")
 
-    def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        results = [result for row in batch.to_pylist() for result in self._group(row)]
+    def _new_journal(self) -> None:
+        self.journal = Journal(self.cfg.out)
+        self.writer = ImageWriter(self.cfg, self.journal, self.digest, self.ids)
+
+    def ready(self) -> str | None:
+        """None once the model is loaded, else why it cannot be (the run stops)."""
+        return self.fatal
+
+    def run(self, row: dict[str, Any]) -> tuple[list[tuple[str, str, int, str]], str]:
+        """One model batch: per to-do image (rel, status, detections, reason), and the
+        journal segment that holds their records."""
+        if row.get("retry"):
+            # A dead worker may have left records of this batch in its segment: a new
+            # segment sorts after it, so these records are the ones the journal keeps.
+            self.journal.flush()
+            self._new_journal()
+        results = self._group(row)
         self.journal.flush()  # durable and visible to the driver before it hears of it
-        segment = self.journal.segment_name or ""
-        columns = zip(*results) if results else ((), (), (), ())
-        out = dict(zip(("rel", "status", "detections", "reason"), map(list, columns)))
-        out["segment"] = [segment] * len(results)
-        return out
+        return results, self.journal.segment_name or ""
 
     def _group(self, row: dict[str, Any]) -> list[tuple[str, str, int, str]]:
         rels, todo = row["rels"], row["todo"]
@@ -435,7 +605,7 @@ class SegmentWorker:
                 continue
             h, w = row["shapes"][i]
             image = np.frombuffer(row["pixels"][i], np.uint8).reshape(h, w, 3)
-            item = SourceItem(Path(row["shown"][i]), PurePosixPath(rel), "image")
+            item = SourceItem(as_source_path(row["shown"][i]), PurePosixPath(rel), "image")
             batch.append((i, Decoded(item, image, row["stamps"][i])))
         predicted = self.segmenter.predict_batch([d.image for _, d in batch]) if batch else []
         writes: list[tuple[str, Future]] = []

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from mrcnn_cli.coco_file import read_coco_instances
 from mrcnn_cli.decode import decode_image
 from mrcnn_cli.errors import DecodeError, MrcnnError
-from mrcnn_cli.evaluation.coco_io import read_coco_instances
 from mrcnn_cli.train.readers import LabelSet
 
 

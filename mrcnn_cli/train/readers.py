@@ -39,8 +39,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from mrcnn_cli.coco_file import read_coco_instances, read_json
 from mrcnn_cli.errors import MrcnnError
-from mrcnn_cli.evaluation.coco_io import read_coco_instances, read_json
 from mrcnn_cli.sources import IMAGE_EXTS
 from mrcnn_cli.writers.polygons import polygons_to_mask
 

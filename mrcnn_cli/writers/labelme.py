@@ -18,6 +18,7 @@ from typing import Any
 
 from mrcnn_cli.atomic import write_json
 from mrcnn_cli.detections import Detections
+from mrcnn_cli.remote import is_url
 from mrcnn_cli.writers import output_path
 from mrcnn_cli.writers.polygons import instance_polygons
 
@@ -59,11 +60,14 @@ def labelme_path(out_dir: Path, rel: PurePosixPath | str) -> Path:
     return output_path(out_dir, "labelme", rel, ".json")
 
 
-def image_ref_from(json_path: Path, image_path: Path) -> str:
+def image_ref_from(json_path: Path, image_path: Path | str) -> str:
     """The image as LabelMe finds it: relative to the JSON's folder, with `/` separators.
 
-    Falls back to the absolute path where no relative one exists (another drive).
+    Falls back to the absolute path where no relative one exists (another drive); an
+    image read from a URL is referred to by its URL.
     """
+    if is_url(image_path):
+        return str(image_path)
     try:
         ref = os.path.relpath(os.path.abspath(image_path), os.path.abspath(json_path.parent))
     except ValueError:
@@ -74,7 +78,7 @@ def image_ref_from(json_path: Path, image_path: Path) -> str:
 def write_labelme(
     out_dir: Path,
     rel: PurePosixPath | str,
-    image_path: Path,
+    image_path: Path | str,
     dets: Detections,
     height: int,
     width: int,
@@ -82,6 +86,6 @@ def write_labelme(
 ) -> Path:
     """Write one image's LabelMe JSON (shapes may be empty), atomically."""
     path = labelme_path(out_dir, rel)
-    record = labelme_record(dets, image_ref_from(path, Path(image_path)), height, width, epsilon)
+    record = labelme_record(dets, image_ref_from(path, image_path), height, width, epsilon)
     write_json(path, record, indent=1)
     return path

@@ -15,10 +15,10 @@ from typing import Any
 
 from mrcnn_cli.config import ExportOptions
 from mrcnn_cli.detections import Detections
-from mrcnn_cli.distributed.shards import ShardSpec, shard_file_name
 from mrcnn_cli.errors import FailedItem
 from mrcnn_cli.journal import Journal
 from mrcnn_cli.names import os_error_reason
+from mrcnn_cli.shards import ShardSpec, shard_file_name
 from mrcnn_cli.writers.classes import real_class_names
 from mrcnn_cli.writers.coco_dataset import ANNOTATIONS_FILE, coco_dataset_file, write_coco_dataset
 from mrcnn_cli.writers.csv_table import object_rows, write_objects_csv
