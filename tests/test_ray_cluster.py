@@ -158,13 +158,12 @@ def test_a_worker_killed_with_sigkill_costs_a_retry_not_the_run(
     assert output_files(tmp_path / "out") == output_files(uninterrupted)
 
 
-@pytest.mark.skip(
-    reason="known bug, issue 21 open: under heavy load one image of the split batch was "
-    "neither processed nor failed (seen once in 3 CI runs); skipped until fixed"
-)
 def test_a_poison_image_ends_as_one_failure_and_spares_its_batch_mate(cluster, tmp_path):
-    """Batches of 2: [a0, a1], [poison, a3]. The second kills a worker, then another; it
-    is split, a3 is done on its own, poison kills two more and is given up."""
+    """Batches of 2: [a0, a1], [a3, poison]. The second kills a worker, then another; it
+    is split, a3 is done on its own, poison kills two more and is given up. (Under load
+    this once gave up a healthy batch: with two calls queued per worker, a worker that
+    finished one and died on the next lost the first one's reply, and the wrong batch
+    was charged. A worker now holds one call at a time.)"""
     import json
 
     folder = tmp_path / "images"

@@ -6,8 +6,8 @@
              see `RayOptions`)
     actors:  SegmentWorker, a fixed pool (one per GPU, or N CPU workers), each builds
              one Segmenter, runs the batch, writes overlays/masks with the engine's
-             ImageWriter and appends to its own journal segment; two batches in
-             flight per worker
+             ImageWriter and appends to its own journal segment; one batch in
+             flight per worker (the next one's decode task already running)
     driver:  per image only rel, status, detection count, reason come back: the Tally
              (progress bar, summary) advances as they arrive; at the end the journal
              is re-read and predictions.json/images.json streamed from it
@@ -37,7 +37,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -70,12 +70,14 @@ from mrcnn_cli.writers.run_files import NAMED_CLASS_KINDS, write_run_files
 INSTALL_HINT = 'pip install "mrcnn[ray]" (in a checkout: pip install -e ".[ray]")'
 GPU_BATCH_SIZE = 4  # as models/loading.py's default on CUDA
 CPU_BATCH_SIZE = 1
-IN_FLIGHT_PER_WORKER = 2  # keeps a worker busy without hoarding batches a death would cost
 MAX_WORKER_DEATHS = 8  # more deaths than this plus 2 per worker: no more replacements
 START_TIMEOUT_S = 900.0  # a worker that cannot start (no room in the cluster) is given up
 WAIT_S = 1.0
 PROBE_TIMEOUT_S = 300.0
 DONE, FAILED, FATAL = "done", "failed", "fatal"
+LOST = (
+    "the Ray run ended without a result for it (a bug in mrcnn: please report it); rerun to resume"
+)
 
 
 @dataclass(frozen=True)
@@ -231,11 +233,15 @@ def _drive(
             worker_cfg = _worker_config(cfg, plan)
             deaths: list[int] = []
             results = _execute(ray, rows, worker_cfg, digest, plan, deaths)
+            heard: set[str] = set()
             try:
                 for rel, status, detections, reason, segment in results:
                     segments.add(segment)
                     if status == FATAL:
                         raise MrcnnError(reason)
+                    if rel in heard:  # counted once, whatever the pool says twice
+                        continue
+                    heard.add(rel)
                     if status == DONE:
                         tally.advance(detections=detections)
                     else:
@@ -244,6 +250,9 @@ def _drive(
                         tally.fail(FailedItem(by_rel[rel].path, reason))
             finally:
                 results.close()  # stop the workers now (Ctrl-C, an error), before ray.shutdown
+            for rel in (r for r in by_rel if r not in heard):  # the summary always adds up
+                given_up.append(rel)
+                tally.fail(FailedItem(by_rel[rel].path, LOST))
             if deaths and deaths[0]:  # a worker killed mid-write leaves a temp file
                 remove_stale_temp_files(cfg.out)  # we hold the lock; our workers are gone
         journal.refresh(segments)  # what the workers appended
@@ -308,14 +317,27 @@ def _execute(
 
 @dataclass
 class _Slot:
-    """One worker of the pool: an actor, known ready once its `ready` call returned."""
+    """One worker of the pool: an actor, known ready once its `ready` call returned.
+
+    It holds at most one `run` call (`running`): when a worker dies, the batch it was
+    running is the one to charge. With two calls queued on an actor, a death cannot be
+    pinned on either: a worker that finished the first batch and died on the second
+    often takes the first one's reply with it, and the innocent batch was charged while
+    the poison one went back uncharged (seen under load: healthy images given up, poison
+    retried without end). With decode tasks, the next batch's pixels are decoded while
+    this one runs (`prefetched`), so a GPU does not wait on the decode either way."""
 
     actor: Any
     worker: int  # unique per actor ever started: "two different workers" means two of these
     ready_ref: Any
     started: float
     ready: bool = False
-    in_flight: list[tuple[Any, Task]] = field(default_factory=list)  # in submission order
+    running: tuple[Any, Task] | None = None  # the run call's ref and its batch
+    prefetched: tuple[Any, Task] | None = None  # decode task's ref and the next batch
+
+    @property
+    def busy(self) -> bool:
+        return self.running is not None or self.prefetched is not None
 
 
 class _Pool:
@@ -351,7 +373,7 @@ class _Pool:
 
     def run(self, book: RetryBook) -> Iterator[tuple[str, str, int, str, str]]:
         ray = self.ray
-        while len(book) or any(slot.in_flight for slot in self.slots):
+        while len(book) or any(slot.busy for slot in self.slots):
             self._submit(book)
             if not self.slots:  # every worker died and no more may start
                 yield from self._give_up(book)
@@ -359,76 +381,83 @@ class _Pool:
             owners = {}
             for slot in self.slots:
                 if not slot.ready:
-                    owners[slot.ready_ref] = (slot, None)
-                for ref, task in slot.in_flight:
-                    owners[ref] = (slot, task)
+                    owners[slot.ready_ref] = slot
+                elif slot.running is not None:
+                    owners[slot.running[0]] = slot
             done, _ = ray.wait(list(owners), num_returns=1, timeout=WAIT_S)
             for ref in done:
-                slot, task = owners[ref]
+                slot = owners[ref]
                 if slot not in self.slots:
                     continue  # its worker was found dead while handling another result
-                if task is None:
+                if not slot.ready:
                     self._on_ready(slot)
                 else:
-                    yield from self._on_result(slot, ref, task, book)
+                    yield from self._on_result(slot, book)
             self._check_starting()
+
+    def _argument(self, task: Task) -> Any:
+        """What a worker's `run` gets: the row, or the ref of the task decoding it."""
+        row = {**task.row, "retry": task.is_retry}
+        return self.decode.remote(row, self.cfg.max_pixels) if self.decode else row
 
     def _submit(self, book: RetryBook) -> None:
         for slot in self.slots:
-            while slot.ready and len(slot.in_flight) < IN_FLIGHT_PER_WORKER and len(book):
+            if not slot.ready:
+                continue
+            if slot.running is None:
+                if slot.prefetched is not None:
+                    arg, task = slot.prefetched
+                    slot.prefetched = None
+                elif len(book):
+                    task = book.take()
+                    assert task is not None
+                    arg = self._argument(task)
+                else:
+                    continue
+                slot.running = (slot.actor.run.remote(arg), task)
+            if self.decode and slot.prefetched is None and len(book):
                 task = book.take()
                 assert task is not None
-                row = {**task.row, "retry": task.is_retry}
-                arg = self.decode.remote(row, self.cfg.max_pixels) if self.decode else row
-                slot.in_flight.append((slot.actor.run.remote(arg), task))
+                slot.prefetched = (self._argument(task), task)
 
     def _on_ready(self, slot: _Slot) -> None:
         try:
             fatal = self.ray.get(slot.ready_ref)
-        except self.ray.exceptions.RayError:  # died while starting (its node lost): no batches
+        except self.ray.exceptions.RayError:  # died while starting: no batches
             self._drop(slot, replace=True)
             return
         if fatal is not None:  # the model cannot load: every worker would say the same
             raise MrcnnError(fatal)
         slot.ready = True
 
-    def _on_result(
-        self, slot: _Slot, ref: Any, task: Task, book: RetryBook
-    ) -> Iterator[tuple[str, str, int, str, str]]:
+    def _on_result(self, slot: _Slot, book: RetryBook) -> Iterator[tuple[str, str, int, str, str]]:
         ray = self.ray
+        assert slot.running is not None
+        ref, task = slot.running
         try:
             results, segment = ray.get(ref)
         except ray.exceptions.RayActorError as exc:  # the worker is gone
             yield from self._died(slot, exc, book)
             return
         except ray.exceptions.RayError as exc:  # the call failed, the worker lives on
-            slot.in_flight = [(r, t) for r, t in slot.in_flight if r != ref]
+            slot.running = None
             yield from _given_up(book.charge(task, slot.worker, _first_line(exc)))
             return
-        slot.in_flight = [(r, t) for r, t in slot.in_flight if r != ref]
+        slot.running = None
         for rel, status, detections, reason in results:
             yield rel, status, detections, reason, segment
 
     def _died(
         self, slot: _Slot, exc: BaseException, book: RetryBook
     ) -> Iterator[tuple[str, str, int, str, str]]:
-        """Drop a dead worker: results it finished still count, the batch it was running
-        is charged to it, those queued behind it go back uncharged; start another."""
-        ray = self.ray
-        reason = _first_line(exc)
-        charged = False
-        for ref, task in slot.in_flight:
-            if not charged:
-                try:  # finished before the worker died: the result is with the driver
-                    results, segment = ray.get(ref, timeout=0)
-                except Exception:  # noqa: BLE001 - lost with the worker
-                    charged = True
-                    yield from _given_up(book.charge(task, slot.worker, reason))
-                else:
-                    for rel, status, detections, why in results:
-                        yield rel, status, detections, why, segment
-            else:
-                book.put_back(task)
+        """Drop a dead worker: the batch it was running is charged to it, the one
+        decoded for it next goes back uncharged; start another."""
+        if slot.prefetched is not None:
+            book.put_back(slot.prefetched[1])
+        if slot.running is not None:
+            task = slot.running[1]
+            yield from _given_up(book.charge(task, slot.worker, _first_line(exc)))
+        slot.running = slot.prefetched = None
         self._drop(slot, replace=True)
 
     def _drop(self, slot: _Slot, replace: bool) -> None:

@@ -4,9 +4,9 @@ Plain bookkeeping, no Ray: the Ray driver (`ray_engine`) tells it what happened 
 says what to run. The rules:
 
 * A batch whose worker died while running it is charged to that worker and retried
-  first, on whichever worker is free next. Batches only queued behind it on the same
-  worker are put back uncharged (Ray runs an actor's calls in order, so only the oldest
-  unfinished one was running).
+  first, on whichever worker is free next. A batch only decoded for that worker, not yet
+  given to it, is put back uncharged (a worker holds one batch at a time, so the one it
+  was running is the one to blame).
 * A batch charged on two different workers (or `max_tries` times in all) is split into
   one batch per image still to do: a poison image (one that kills whatever worker runs
   it, e.g. by running it out of memory) cannot take its batch-mates with it.
