@@ -40,6 +40,7 @@ from mrcnn_cli.models.openvino_cache import (
     remove_entry,
     write_entry,
 )
+from mrcnn_cli.models.topk_nms import install_top_k_nms
 
 log = logging.getLogger("mrcnn_cli.openvino")
 
@@ -281,4 +282,5 @@ def install_openvino(
     if "box_head" in runs:
         heads.box_head = OVBoxHead(runs["box_head"], meta["box_classes"])
         heads.box_predictor = PassThrough()
+    install_top_k_nms(heads)  # the same boxes, fewer candidates looked at (topk_nms.py)
     return folder
