@@ -7,7 +7,7 @@
     actors:  SegmentWorker, a fixed pool (one per GPU, or N CPU workers), each builds
              one Segmenter, runs the batch, writes overlays/masks with the engine's
              ImageWriter and appends to its own journal segment; one batch in
-             flight per worker (the next one's decode task already running)
+             flight per worker (with decode tasks, the next one's already decoding)
     driver:  per image only rel, status, detection count, reason come back: the Tally
              (progress bar, summary) advances as they arrive; at the end the journal
              is re-read and predictions.json/images.json streamed from it
@@ -395,30 +395,27 @@ class _Pool:
                     yield from self._on_result(slot, book)
             self._check_starting()
 
-    def _argument(self, task: Task) -> Any:
-        """What a worker's `run` gets: the row, or the ref of the task decoding it."""
+    def _take(self, book: RetryBook) -> tuple[Any, Task] | None:
+        """The next batch and what a worker's `run` gets for it: the row, or the ref of
+        the task decoding it; None when the queue is empty."""
+        task = book.take()
+        if task is None:
+            return None
         row = {**task.row, "retry": task.is_retry}
-        return self.decode.remote(row, self.cfg.max_pixels) if self.decode else row
+        return (self.decode.remote(row, self.cfg.max_pixels) if self.decode else row), task
 
     def _submit(self, book: RetryBook) -> None:
         for slot in self.slots:
             if not slot.ready:
                 continue
             if slot.running is None:
-                if slot.prefetched is not None:
-                    arg, task = slot.prefetched
-                    slot.prefetched = None
-                elif len(book):
-                    task = book.take()
-                    assert task is not None
-                    arg = self._argument(task)
-                else:
+                job, slot.prefetched = slot.prefetched or self._take(book), None
+                if job is None:
                     continue
+                arg, task = job
                 slot.running = (slot.actor.run.remote(arg), task)
-            if self.decode and slot.prefetched is None and len(book):
-                task = book.take()
-                assert task is not None
-                slot.prefetched = (self._argument(task), task)
+            if self.decode and slot.prefetched is None:
+                slot.prefetched = self._take(book)
 
     def _on_ready(self, slot: _Slot) -> None:
         try:
