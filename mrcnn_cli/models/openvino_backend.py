@@ -15,9 +15,11 @@ quiet 2-core machine), at bf16 it does (0.03 s; torch's fp32 box head is what ru
 otherwise, as the torch parts stay fp32 under this backend).
 
 They are swapped into the model as `nn.Module`s with the same call signatures, so the
-transform, anchors, proposal NMS, RoIAlign, box decoding and our mask paste are
-torchvision's code, in fp32, unchanged. Numbers differ from torch by rounding only
-(README "Backends" has the measured effect).
+transform, anchors, proposal NMS, box decoding and our mask paste are torchvision's
+code, in fp32, unchanged. RoIAlign is the same arithmetic laid out for a CPU
+(`gather_roi_align.py`: row gathers over channels-last features, bf16 rows at bf16) and
+the box stage's NMS stops at 100 kept (`topk_nms.py`). Numbers differ from torch by
+rounding only (README "Backends" has the measured effect).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mrcnn_cli.models.gather_roi_align import gather_roi_align
 from mrcnn_cli.models.openvino_cache import (
     cache_root,
     entry_key,
@@ -45,6 +48,7 @@ from mrcnn_cli.models.topk_nms import install_top_k_nms
 log = logging.getLogger("mrcnn_cli.openvino")
 
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+ROWS_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}  # RoIAlign's gathered rows
 _EXAMPLE_SIZE = (320, 320)  # traced with this; every size works (dynamic H, W)
 _EXAMPLE_ROIS = 4
 compile_count = 0  # compiles done by this process (the tests check sizes do not recompile)
@@ -283,4 +287,5 @@ def install_openvino(
         heads.box_head = OVBoxHead(runs["box_head"], meta["box_classes"])
         heads.box_predictor = PassThrough()
     install_top_k_nms(heads)  # the same boxes, fewer candidates looked at (topk_nms.py)
+    gather_roi_align(heads, ROWS_DTYPE[precision])  # RoIAlign as row gathers
     return folder

@@ -8,6 +8,7 @@ with the same FPN level assignment, so the two differ in the sampling op alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -36,41 +37,70 @@ class MultiScaleRoIPool(nn.Module):
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:
         features = [x[name] for name in self.featmap_names]
-        max_h = max(s[0] for s in image_shapes)
-        max_w = max(s[1] for s in image_shapes)
-        scales = [_level_scale(f.shape[-2:], (max_h, max_w)) for f in features]
-        k_min = -math.log2(scales[0])
-        k_max = -math.log2(scales[-1])
-        rois = _boxes_to_rois(boxes)
-        num_rois = rois.shape[0]
-        channels = features[0].shape[1]
-        result = features[0].new_zeros((num_rois, channels, *self.output_size))
-        if num_rois == 0:
-            return result
-        levels = self._assign_levels(boxes, k_min, k_max)
-        for level, (feature, scale) in enumerate(zip(features, scales)):
-            idx = torch.where(levels == level)[0]
-            if idx.numel():
-                pooled = roi_pool(feature, rois[idx], self.output_size, spatial_scale=scale)
-                result[idx] = pooled.to(result.dtype)
+
+        def pool(feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+            return roi_pool(feature, rois, self.output_size, spatial_scale=scale)
+
+        return pool_by_level(features, boxes, image_shapes, self.output_size, pool,
+                             self.canonical_scale, self.canonical_level)  # fmt: skip
+
+
+def pool_by_level(
+    features: list[Tensor],
+    boxes: list[Tensor],
+    image_shapes: list[tuple[int, int]],
+    output_size: tuple[int, int],
+    pool: Callable[[Tensor, Tensor, float], Tensor],
+    canonical_scale: int = 224,
+    canonical_level: int = 4,
+) -> Tensor:
+    """The multi-scale part of an FPN RoI pooler: each box goes to its level and
+    `pool(level feature, its rois [k, 5], level scale)` pools it; rows come back in the
+    order of `boxes` (torchvision's `_multiscale_roi_align`, with the op passed in)."""
+    scales, k_min, k_max = level_scales(features, image_shapes)
+    rois = boxes_to_rois(boxes)
+    result = features[0].new_zeros((rois.shape[0], features[0].shape[1], *output_size))
+    if rois.shape[0] == 0:
         return result
-
-    def _assign_levels(self, boxes: list[Tensor], k_min: float, k_max: float) -> Tensor:
-        # Same rule as the FPN paper (eq. 1) and torchvision's LevelMapper.
-        all_boxes = torch.cat(boxes)
-        area = (all_boxes[:, 2] - all_boxes[:, 0]) * (all_boxes[:, 3] - all_boxes[:, 1])
-        s = torch.sqrt(area.clamp(min=0))
-        k = torch.floor(self.canonical_level + torch.log2(s / self.canonical_scale) + 1e-6)
-        k = torch.clamp(k, min=k_min, max=k_max)
-        return (k - k_min).to(torch.int64)
+    levels = assign_levels(boxes, k_min, k_max, canonical_scale, canonical_level)
+    for level, (feature, scale) in enumerate(zip(features, scales)):
+        idx = torch.where(levels == level)[0]
+        if idx.numel():
+            result[idx] = pool(feature, rois[idx], scale).to(result.dtype)
+    return result
 
 
-def _level_scale(feature_size: torch.Size, image_size: tuple[int, int]) -> float:
-    approx = float(feature_size[-1]) / float(image_size[1])
+def level_scales(
+    features: list[Tensor], image_shapes: list[tuple[int, int]]
+) -> tuple[list[float], int, int]:
+    """Each FPN level's scale against the largest image, and the first and last level
+    numbers (2 for 1/4 ... 5 for 1/32): torchvision's `_setup_scales`."""
+    max_h = max(s[0] for s in image_shapes)
+    scales = [_level_scale(int(f.shape[-2]), max_h) for f in features]
+    return scales, round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
+
+
+def assign_levels(
+    boxes: list[Tensor], k_min: int, k_max: int, canonical_scale: int, canonical_level: int
+) -> Tensor:
+    """Each box's FPN level (0 = the first level): eq. 1 of the FPN paper, computed with
+    the same tensor ops as torchvision's LevelMapper so that boxes on a boundary agree."""
+    all_boxes = torch.cat(boxes)
+    area = (all_boxes[:, 2] - all_boxes[:, 0]) * (all_boxes[:, 3] - all_boxes[:, 1])
+    s = torch.sqrt(area)
+    eps = torch.tensor(1e-6, dtype=s.dtype)
+    k = torch.floor(canonical_level + torch.log2(s / canonical_scale) + eps)
+    k = torch.clamp(k, min=k_min, max=k_max)
+    return (k.to(torch.int64) - k_min).to(torch.int64)
+
+
+def _level_scale(feature_size: int, image_size: int) -> float:
+    approx = float(feature_size) / float(image_size)
     return 2.0 ** float(torch.tensor(approx).log2().round())
 
 
-def _boxes_to_rois(boxes: list[Tensor]) -> Tensor:
+def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
+    """Per-image boxes -> one [K, 5] tensor of (image index, x1, y1, x2, y2)."""
     ids = [torch.full((len(b), 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)]
     return torch.cat([torch.cat(ids), torch.cat(boxes)], dim=1)
 

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor, nn
 
+from mrcnn_cli.models.gather_roi_align import GatherRoIAlign
+
 _MIN_ROIS_PER_CHUNK = 64  # below this, threads cost more than they save
 
 
@@ -63,9 +65,10 @@ class ThreadedRoIPool(nn.Module):
 
 
 def thread_roi_pooling(model: nn.Module, threads: int) -> None:
-    """Wrap the box and mask RoI poolers of a MaskRCNN in place (inference only)."""
+    """Wrap the box and mask RoI poolers of a MaskRCNN in place (inference only); the
+    OpenVINO backend's `GatherRoIAlign` is parallel already and is left alone."""
     heads = model.roi_heads
     for attr in ("box_roi_pool", "mask_roi_pool"):
         pooler = getattr(heads, attr, None)
-        if pooler is not None and not isinstance(pooler, ThreadedRoIPool):
+        if pooler is not None and not isinstance(pooler, (ThreadedRoIPool, GatherRoIAlign)):
             setattr(heads, attr, ThreadedRoIPool(pooler, threads))
