@@ -57,20 +57,23 @@ def pyramid(batch: int, height: int, width: int, seed: int) -> OrderedDict[str, 
 
 @pytest.mark.parametrize("out", [7, 14])
 def test_one_level_equals_torchvision_roi_align(out):
-    feature = torch.randn(2, 16, 50, 76)
+    g = torch.Generator().manual_seed(out)
+    feature = torch.randn(2, 16, 50, 76, generator=g)
     boxes = torch.cat([random_boxes(300, 304, 200, seed=out), edge_boxes(304, 200)])
-    rois = torch.cat([torch.randint(0, 2, (len(boxes), 1)).float(), boxes], dim=1)
+    rois = torch.cat([torch.randint(0, 2, (len(boxes), 1), generator=g).float(), boxes], dim=1)
     expected = roi_align(feature, rois, out, 0.25, 2, aligned=False)
     got = roi_align_rows(level_rows(feature, torch.float32), rois, (50, 76), 0.25, 2, out)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=FP32_ATOL, rtol=0)
 
 
-def test_a_finer_sampling_grid_equals_torchvision():
-    feature = torch.randn(1, 8, 40, 40)
-    rois = torch.cat([torch.zeros(60, 1), random_boxes(60, 160, 160, seed=3)], dim=1)
-    expected = roi_align(feature, rois, 5, 0.25, 4, aligned=False)
-    got = roi_align_rows(level_rows(feature, torch.float32), rois, (40, 40), 0.25, 4, 5)
+@pytest.mark.parametrize("grid", [1, 3, 4])
+def test_other_sampling_grids_equal_torchvision(grid):
+    feature = torch.randn(1, 8, 40, 40, generator=torch.Generator().manual_seed(grid))
+    boxes = torch.cat([random_boxes(60, 160, 160, seed=3), edge_boxes(160, 160)])
+    rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)
+    expected = roi_align(feature, rois, 5, 0.25, grid, aligned=False)
+    got = roi_align_rows(level_rows(feature, torch.float32), rois, (40, 40), 0.25, grid, 5)
     torch.testing.assert_close(got, expected, atol=FP32_ATOL, rtol=0)
 
 
@@ -85,6 +88,28 @@ def test_the_pyramid_equals_multiscale_roi_align_for_images_of_two_sizes():
     reference = MultiScaleRoIAlign(NAMES, 7, sampling_ratio=2)
     expected = reference(features, boxes, shapes)
     got = GatherRoIAlign(reference, RowsCache(torch.float32))(features, boxes, shapes)
+    torch.testing.assert_close(got, expected, atol=FP32_ATOL, rtol=0)
+
+
+def test_a_thin_first_image_pools_at_the_right_scales():
+    # torchvision infers the scales from the height on its first call and keeps them:
+    # warmed on a normal image it is right, and the gathered pooler must be right at once
+    reference = MultiScaleRoIAlign(NAMES, 7, sampling_ratio=2)
+    reference(pyramid(1, 256, 320, seed=7), [random_boxes(10, 320, 256, seed=7)], [(256, 320)])
+    thin = pyramid(1, 64, 1024, seed=8)  # a 40 px tall image padded to 64
+    boxes = [random_boxes(200, 1024, 40, seed=8)]
+    expected = reference(thin, boxes, [(40, 1024)])
+    got = GatherRoIAlign(MultiScaleRoIAlign(NAMES, 7, 2), RowsCache(torch.float32))(
+        thin, boxes, [(40, 1024)]
+    )
+    torch.testing.assert_close(got, expected, atol=FP32_ATOL, rtol=0)
+
+
+def test_boxes_far_outside_the_map_pool_as_torchvision_does():
+    feature = torch.randn(1, 8, 40, 40, generator=torch.Generator().manual_seed(11))
+    rois = torch.tensor([[0, 10, 10, 1e30, 60], [0, -1e30, 5, 30, 30], [0, 1e6, 1e6, 2e6, 2e6]])
+    expected = roi_align(feature, rois, 7, 0.25, 2, aligned=False)
+    got = roi_align_rows(level_rows(feature, torch.float32), rois, (40, 40), 0.25, 2, 7)
     torch.testing.assert_close(got, expected, atol=FP32_ATOL, rtol=0)
 
 
@@ -112,6 +137,8 @@ def test_each_feature_map_is_laid_out_once_and_dropped_with_it():
     del feature
     gc.collect()
     assert not cache._rows
+    other = torch.ones(1, 4, 8, 8)  # may well reuse the freed tensor's id
+    assert torch.equal(cache(other), torch.ones(64, 4))
 
 
 def test_only_fixed_grid_roi_align_poolers_are_swapped_and_threads_leave_them_alone():
@@ -124,6 +151,15 @@ def test_only_fixed_grid_roi_align_poolers_are_swapped_and_threads_leave_them_al
     thread_roi_pooling(model, threads=2)
     assert isinstance(heads.box_roi_pool, GatherRoIAlign)
     assert isinstance(heads.mask_roi_pool, ThreadedRoIPool)
+
+
+def test_a_single_level_pooler_is_not_swapped():
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
+    model.roi_heads.box_roi_pool = MultiScaleRoIAlign(["0"], 7, sampling_ratio=2)
+    gather_roi_align(model.roi_heads)
+    assert isinstance(model.roi_heads.box_roi_pool, MultiScaleRoIAlign)
 
 
 def test_an_adaptive_sampling_grid_is_not_swapped():

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 
-from mrcnn_cli.models.roi_ops import pool_by_level
+from mrcnn_cli.models.roi_ops import level_scales, pool_by_level
 
 
 def _axis_samples(
@@ -35,13 +35,14 @@ def _axis_samples(
     (torchvision: points more than one cell outside the map contribute zero)."""
     step = length / bins
     k = torch.arange(bins * grid, dtype=start.dtype, device=start.device)
+    # the C++ kernel's order of operations: start + bin * step + ((i + .5) * step) / grid
     point = (
         start[:, None]
         + (k // grid)[None] * step[:, None]
-        + (k % grid + 0.5)[None] * (step[:, None] / grid)
+        + (k % grid + 0.5)[None] * step[:, None] / grid
     )
     inside = (point >= -1.0) & (point <= size)
-    point = point.clamp(min=0)
+    point = point.clamp(min=0, max=size)  # the edge rule below clamps further; no overflow
     low = point.floor().long()
     at_edge = low >= size - 1
     low = torch.where(at_edge, torch.full_like(low, size - 1), low)
@@ -123,20 +124,24 @@ class GatherRoIAlign(nn.Module):
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:
         features = [x[name] for name in self.featmap_names]
+        scales = level_scales(features, image_shapes)
         out = self.output_size[0]
 
         def pool(feature: Tensor, rois: Tensor, scale: float) -> Tensor:
             size = (int(feature.shape[-2]), int(feature.shape[-1]))
             return roi_align_rows(self.rows(feature), rois, size, scale, self.sampling_ratio, out)
 
-        return pool_by_level(features, [b.float() for b in boxes], image_shapes,
+        return pool_by_level(features, [b.float() for b in boxes], scales,
                              self.output_size, pool, self.canonical_scale,
                              self.canonical_level)  # fmt: skip
 
 
 def can_gather(pooler: nn.Module) -> bool:
-    """True for the poolers this one replaces exactly: square RoIAlign, fixed sampling."""
+    """True for the poolers this one replaces exactly: square multi-level RoIAlign with a
+    fixed sampling grid (torchvision pools a single level without its level rule)."""
     if type(pooler) is not MultiScaleRoIAlign or int(pooler.sampling_ratio) <= 0:
+        return False
+    if len(pooler.featmap_names) < 2:
         return False
     size = pooler.output_size
     return not isinstance(size, (tuple, list)) or size[0] == size[1]

@@ -41,14 +41,15 @@ class MultiScaleRoIPool(nn.Module):
         def pool(feature: Tensor, rois: Tensor, scale: float) -> Tensor:
             return roi_pool(feature, rois, self.output_size, spatial_scale=scale)
 
-        return pool_by_level(features, boxes, image_shapes, self.output_size, pool,
+        scales = level_scales(features, image_shapes)
+        return pool_by_level(features, boxes, scales, self.output_size, pool,
                              self.canonical_scale, self.canonical_level)  # fmt: skip
 
 
 def pool_by_level(
     features: list[Tensor],
     boxes: list[Tensor],
-    image_shapes: list[tuple[int, int]],
+    scales: list[float],
     output_size: tuple[int, int],
     pool: Callable[[Tensor, Tensor, float], Tensor],
     canonical_scale: int = 224,
@@ -57,7 +58,7 @@ def pool_by_level(
     """The multi-scale part of an FPN RoI pooler: each box goes to its level and
     `pool(level feature, its rois [k, 5], level scale)` pools it; rows come back in the
     order of `boxes` (torchvision's `_multiscale_roi_align`, with the op passed in)."""
-    scales, k_min, k_max = level_scales(features, image_shapes)
+    k_min, k_max = round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
     rois = boxes_to_rois(boxes)
     result = features[0].new_zeros((rois.shape[0], features[0].shape[1], *output_size))
     if rois.shape[0] == 0:
@@ -70,14 +71,16 @@ def pool_by_level(
     return result
 
 
-def level_scales(
-    features: list[Tensor], image_shapes: list[tuple[int, int]]
-) -> tuple[list[float], int, int]:
-    """Each FPN level's scale against the largest image, and the first and last level
-    numbers (2 for 1/4 ... 5 for 1/32): torchvision's `_setup_scales`."""
+def level_scales(features: list[Tensor], image_shapes: list[tuple[int, int]]) -> list[float]:
+    """Each FPN level's scale (1/4 ... 1/32): its size against the largest image's, the
+    power of two nearest. Measured along the longer side: torchvision's `_setup_scales`
+    uses the height, which is off by 2x once padding grows the height by over 1.4x (an
+    image under ~77 px tall after resizing); torchvision hides that by keeping the
+    scales of its first call, so its answer depends on which image came first."""
     max_h = max(s[0] for s in image_shapes)
-    scales = [_level_scale(int(f.shape[-2]), max_h) for f in features]
-    return scales, round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
+    max_w = max(s[1] for s in image_shapes)
+    axis, extent = (-2, max_h) if max_h >= max_w else (-1, max_w)
+    return [_level_scale(int(f.shape[axis]), extent) for f in features]
 
 
 def assign_levels(
