@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 
-from mrcnn_cli.models.roi_ops import level_scales, pool_by_level
+from mrcnn_cli.models.roi_ops import level_scales, output_side, pool_by_level
 
 
 def _axis_samples(
@@ -113,8 +113,8 @@ class GatherRoIAlign(nn.Module):
     def __init__(self, pooler: MultiScaleRoIAlign, rows: RowsCache) -> None:
         super().__init__()
         self.featmap_names = list(pooler.featmap_names)
-        size = pooler.output_size
-        self.output_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        side = output_side(pooler)
+        self.output_size = (side, side)
         self.sampling_ratio = int(pooler.sampling_ratio)
         self.canonical_scale = pooler.canonical_scale
         self.canonical_level = pooler.canonical_level

@@ -43,6 +43,7 @@ from mrcnn_cli.models.openvino_cache import (
     remove_entry,
     write_entry,
 )
+from mrcnn_cli.models.roi_ops import output_side
 from mrcnn_cli.models.topk_nms import install_top_k_nms
 
 log = logging.getLogger("mrcnn_cli.openvino")
@@ -164,17 +165,12 @@ def _parts(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def _roi_size(pooler: nn.Module) -> int:
-    size = pooler.output_size
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
 def _mask_roi_size(model: nn.Module) -> int:
-    return _roi_size(model.roi_heads.mask_roi_pool)
+    return output_side(model.roi_heads.mask_roi_pool)
 
 
 def _box_roi_size(model: nn.Module) -> int:
-    return _roi_size(model.roi_heads.box_roi_pool)
+    return output_side(model.roi_heads.box_roi_pool)
 
 
 def parts_in_use(precision: str) -> tuple[str, ...]:

@@ -94,7 +94,7 @@ def assign_levels(
     eps = torch.tensor(1e-6, dtype=s.dtype)
     k = torch.floor(canonical_level + torch.log2(s / canonical_scale) + eps)
     k = torch.clamp(k, min=k_min, max=k_max)
-    return (k.to(torch.int64) - k_min).to(torch.int64)
+    return k.to(torch.int64) - k_min
 
 
 def _level_scale(feature_size: int, image_size: int) -> float:
@@ -116,6 +116,12 @@ def make_roi_op(roi_op: str, featmap_names: list[str], output_size: int) -> nn.M
     raise ValueError(f"unknown RoI op {roi_op!r}; choose one of {', '.join(ROI_OPS)}")
 
 
+def output_side(pooler: nn.Module) -> int:
+    """A square RoI pooler's output side (torchvision stores (side, side), some an int)."""
+    size = pooler.output_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 def set_roi_op(model: nn.Module, roi_op: str) -> None:
     """Swap the box and mask RoI extractors of a torchvision MaskRCNN in place."""
     heads = model.roi_heads
@@ -123,6 +129,4 @@ def set_roi_op(model: nn.Module, roi_op: str) -> None:
         current = getattr(heads, attr)
         if current is None:
             continue
-        size = current.output_size
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        setattr(heads, attr, make_roi_op(roi_op, list(current.featmap_names), int(size)))
+        setattr(heads, attr, make_roi_op(roi_op, list(current.featmap_names), output_side(current)))
